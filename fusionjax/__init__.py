@@ -1,0 +1,7 @@
+"""fusionjax: deep ensembles and model fusion in JAX.
+
+Re-exports only; the implementation lives in the subpackages.
+"""
+from fusionjax import ensemble, errors, fusion, models, train
+
+__version__ = "0.1.0"

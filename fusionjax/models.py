@@ -1,0 +1,136 @@
+"""Reference base networks (Flax Linen), written for one unbatched-member call.
+
+Every module maps a batch ``x`` to logits ``[B, num_classes]`` and takes a
+keyword ``train`` flag (dropout / BatchNorm), so that
+``fusionjax.ensemble.from_linen(module, size=M)`` stacks any of them.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """A ReLU multi-layer perceptron over the flattened input.
+
+  Attributes:
+    num_classes: outputs ``C``.
+    features: hidden widths, e.g. ``(256, 256)``.
+    dropout: dropout rate after each hidden layer (0 disables it).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> m = MLP(10, (32,))
+    >>> v = m.init(jax.random.key(0), jnp.ones((2, 8, 8, 1)))
+    >>> m.apply(v, jnp.ones((2, 8, 8, 1))).shape
+    (2, 10)
+  """
+  num_classes: int
+  features: Sequence[int] = (256, 256)
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    for width in self.features:
+      x = nn.relu(nn.Dense(width)(x))
+      if self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+class CNN(nn.Module):
+  """A LeNet-5-style convolutional network for ``[B, H, W, C]`` images.
+
+  References:
+    LeCun et al., 1998. Gradient-based learning applied to document recognition.
+  """
+  num_classes: int
+  features: Sequence[int] = (32, 64)
+  hidden: int = 128
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim == 3:
+      x = x[..., None]
+    for width in self.features:
+      x = nn.relu(nn.Conv(width, (5, 5), padding="SAME")(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.hidden)(x))
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+class RowRNN(nn.Module):
+  """A recurrent network that reads an image row by row (a sequence of H rows).
+
+  Attributes:
+    num_classes: outputs ``C``.
+    hidden: recurrent state width.
+    cell: ``'gru'`` or ``'lstm'``.
+  """
+  num_classes: int
+  hidden: int = 128
+  cell: str = "gru"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim == 4:
+      x = x.reshape(x.shape[:2] + (-1,))  # [B, H, W*C]: one row a step
+    cell = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}[self.cell]
+    h = nn.RNN(cell(self.hidden))(x)
+    return nn.Dense(self.num_classes)(h[:, -1])
+
+
+def RowGRU(num_classes: int, hidden: int = 128) -> RowRNN:  # pylint: disable=invalid-name
+  """A GRU over image rows (see :class:`RowRNN`)."""
+  return RowRNN(num_classes, hidden, "gru")
+
+
+def RowLSTM(num_classes: int, hidden: int = 128) -> RowRNN:  # pylint: disable=invalid-name
+  """An LSTM over image rows (see :class:`RowRNN`)."""
+  return RowRNN(num_classes, hidden, "lstm")
+
+
+class _ResBlock(nn.Module):
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    y = nn.Conv(self.features, (3, 3), self.strides, padding="SAME", use_bias=False)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(y)
+    y = norm()(y)
+    if x.shape != y.shape:
+      x = nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(x)
+      x = norm()(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """A small ResNet (He et al. 2016) for 32x32x3 inputs, with BatchNorm.
+
+  ``stage_sizes=(3, 3, 3)`` and ``width=16`` give ResNet-20; the default
+  ``(1, 1, 1)`` is an 8-layer version for quick runs.
+
+  References:
+    He et al., 2016. Deep residual learning for image recognition.
+  """
+  num_classes: int
+  stage_sizes: Sequence[int] = (1, 1, 1)
+  width: int = 16
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    for i, blocks in enumerate(self.stage_sizes):
+      for j in range(blocks):
+        x = _ResBlock(self.width * 2**i, 2 if (i > 0 and j == 0) else 1)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)

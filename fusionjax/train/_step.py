@@ -1,0 +1,302 @@
+"""One jitted step for all members (and the fusion), with per-member optimizers.
+
+The optimizer is applied per member: :func:`per_member` vmaps an optax
+transform's ``init``/``update`` together with the member, so global-norm
+clipping, schedules and Adam moments never couple two members. Member losses
+are summed, so the stacked step equals M independent single-member steps.
+With a fusion, params are ``{'members': ..., 'fusion': ...}`` and the regime
+picks the loss and, through ``optax.multi_transform``, which part moves.
+"""
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fusionjax import errors
+from fusionjax.ensemble import Ensemble
+from fusionjax.fusion import Fusion
+
+REGIMES = ("independent", "frozen", "joint", "hybrid")
+
+
+class TrainState(NamedTuple):
+  """Everything a step reads and writes; a pytree that orbax can save.
+
+  Attributes:
+    step: int32 scalar, steps taken.
+    params: ``{'members': stacked [M, ...], 'fusion': fusion params}``.
+    state: the members' non-trainable collections (BatchNorm statistics).
+    opt_state: the optax state (per member for the members' part).
+    key: the PRNG key the next step splits for dropout.
+  """
+  step: jax.Array
+  params: Any
+  state: Any
+  opt_state: Any
+  key: jax.Array
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
+
+
+def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Wraps ``tx`` so that a non-finite gradient leaves params and state untouched.
+
+  Applied per member by :func:`per_member`, one member's NaN never reaches the
+  others, and the state stays the last good one.
+  """
+
+  def update(grads, state, params=None):
+    updates, new_state = tx.update(grads, state, params)
+    ok = _all_finite(grads)
+    updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
+    new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+    return updates, new_state
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def per_member(tx: optax.GradientTransformation, ensemble: Ensemble,
+               guard: bool = True) -> optax.GradientTransformation:
+  """An optax transform applied independently to every member.
+
+  Args:
+    tx: a single-member optax transform (e.g. ``chain(clip_by_global_norm(1), adam(1e-3))``).
+    ensemble: the ensemble whose stacked params it updates.
+    guard: skip a member's update when its gradient is not finite.
+
+  Returns:
+    A ``GradientTransformation`` over member-stacked params whose state is
+    member-stacked too (``count`` is ``[M]``).
+  """
+  inner = skip_nonfinite(tx) if guard else tx
+
+  def init(params):
+    return ensemble.member_map(inner.init, params)
+
+  def update(grads, state, params=None):
+    if params is None:
+      return ensemble.member_map(lambda g, s: inner.update(g, s), grads, state,
+                                 num_outputs=2)
+    return ensemble.member_map(inner.update, grads, state, params, num_outputs=2)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _on_key(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Applies ``tx`` to ``tree[name]`` of the (masked) trees ``multi_transform`` passes."""
+
+  def init(params):
+    return tx.init(params[name])
+
+  def update(updates, state, params=None):
+    sub, state = tx.update(updates[name], state, None if params is None else params[name])
+    return {**updates, name: sub}, state
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(ensemble: Ensemble, tx: optax.GradientTransformation,
+                   regime: str = "independent",
+                   fusion_tx: Optional[optax.GradientTransformation] = None,
+                   guard: bool = True) -> optax.GradientTransformation:
+  """The optimizer over ``{'members', 'fusion'}`` for a training regime.
+
+  ``optax.multi_transform`` routes the members' subtree to ``per_member(tx)``
+  and the fusion's to ``fusion_tx``; the part a regime keeps fixed gets
+  ``optax.set_to_zero()``: the fusion under ``'independent'``, the members
+  under ``'frozen'``.
+  """
+  if regime not in REGIMES:
+    raise ValueError(f"regime must be one of {REGIMES}; got {regime!r}.")
+  fusion_tx = fusion_tx or tx
+  members = optax.set_to_zero() if regime == "frozen" else _on_key(
+      "members", per_member(tx, ensemble, guard))
+  if guard:
+    fusion_tx = skip_nonfinite(fusion_tx)
+  fusion = optax.set_to_zero() if regime == "independent" else fusion_tx
+  return optax.multi_transform({"members": members, "fusion": fusion},
+                               {"members": "members", "fusion": "fusion"})
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask=None) -> jax.Array:
+  """Mean softmax cross-entropy over the batch (log-probs are valid logits).
+
+  ``logits`` may carry leading member axes: ``[..., B, C]`` gives ``[...]``.
+  ``mask [B]`` (from a padded last batch) excludes rows.
+  """
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.broadcast_to(labels, logits.shape[:-1]))
+  if mask is None:
+    return jnp.mean(losses, axis=-1)
+  mask = mask.astype(losses.dtype)
+  return jnp.sum(losses * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def squared_error(preds: jax.Array, targets: jax.Array, mask=None) -> jax.Array:
+  """Mean squared error over the batch for regression members ``[..., B, D]``."""
+  losses = jnp.sum((preds - targets) ** 2, axis=-1)
+  if mask is None:
+    return jnp.mean(losses, axis=-1)
+  mask = mask.astype(losses.dtype)
+  return jnp.sum(losses * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def init(ensemble: Ensemble, tx: optax.GradientTransformation, key: jax.Array,
+         x_example, *, fusion: Optional[Fusion] = None, regime: str = "independent",
+         fusion_tx=None, guard: bool = True) -> TrainState:
+  """Initialises members, fusion and per-member optimizer state in one jit.
+
+  Args:
+    ensemble: the ensemble.
+    tx: the single-member optax transform (applied per member).
+    key: PRNG key; split into member init, fusion init and the step key.
+    x_example: an input batch ``[B, ...]`` (``B`` may be 1).
+    fusion: optional :class:`~fusionjax.fusion.Fusion` trained with the members.
+    regime: see :func:`make_step`.
+    fusion_tx: the fusion's optimizer (default ``tx``).
+    guard: skip non-finite updates (see :func:`skip_nonfinite`).
+
+  Returns:
+    A :class:`TrainState` with ``step = 0``.
+  """
+  opt = make_optimizer(ensemble, tx, regime, fusion_tx, guard)
+  x_example = jnp.asarray(x_example)
+
+  @jax.jit
+  def _init(key, x):
+    k_members, k_fusion, k_step = jax.random.split(key, 3)
+    variables = ensemble.init(k_members, x)
+    fparams = ()
+    if fusion is not None:
+      out, _ = ensemble.apply(variables, x)
+      fparams = fusion.init(k_fusion, out)
+    params = {"members": variables["params"], "fusion": fparams}
+    return TrainState(jnp.zeros((), jnp.int32), params, variables["state"],
+                      opt.init(params), k_step)
+
+  return _init(key, x_example)
+
+
+def _check_labels_batch(x, y, per_member, size):
+  xs = jax.tree_util.tree_leaves(x)
+  axis = 1 if per_member else 0
+  bx = {l.shape[axis] for l in xs if l.ndim > axis}
+  by = y.shape[axis] if y.ndim > axis else None
+  if per_member and y.shape[:1] != (size,):
+    raise errors.BatchShapeError(
+        f"per-member labels must be [M={size}, B]; got {tuple(y.shape)}. "
+        "Fix: index labels with the same bootstrap indices as x.")
+  if len(bx) != 1 or by not in bx:
+    raise errors.BatchShapeError(
+        f"x and y disagree on the batch size: x shapes "
+        f"{[tuple(l.shape) for l in xs]}, y shape {tuple(y.shape)}. Fix: pass "
+        "x [B, ...] with y [B] (or [M, B, ...] with [M, B] when per_member).")
+
+
+def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
+              fusion: Optional[Fusion] = None, regime: str = "independent",
+              lam: float = 1.0, fusion_tx=None, loss: Callable = cross_entropy,
+              per_member: bool = False, guard: bool = True, jit: bool = True,
+              donate: bool = True) -> Callable:
+  """One step that updates every member (and the fusion) at once.
+
+  Regimes:
+    * ``'independent'``: the sum of member losses; the fusion is not trained.
+    * ``'frozen'``: members fixed, the fusion learned on the fused loss
+      (e.g. on held-out data).
+    * ``'joint'``: members and fusion trained on the fused loss.
+    * ``'hybrid'``: the sum of member losses plus ``lam`` times the fused loss.
+
+  Args:
+    ensemble: the ensemble.
+    tx: single-member optax transform, applied per member (vmapped).
+    fusion: the fusion for the ``frozen``/``joint``/``hybrid`` regimes.
+    regime: one of the four above.
+    lam: weight of the fused loss in ``'hybrid'``.
+    fusion_tx: the fusion's optimizer (default ``tx``).
+    loss: ``(outputs [..., B, C], y [B], mask) -> [...]``, a mean over the batch.
+    per_member: batches are ``x [M, B, ...], y [M, B]`` (bagging).
+    guard: skip non-finite per-member updates (the state stays good).
+    jit: return ``jax.jit(step, donate_argnums=0)``.
+    donate: donate the input state's buffers.
+
+  Returns:
+    ``step(state, batch) -> (state, logs)`` where ``batch`` is a dict with
+    ``'x'``, ``'y'`` and optionally ``'mask'``, and ``logs`` holds
+    ``member_loss [M]``, ``loss`` (the objective), ``fused_loss`` (when a
+    fusion is given) and ``finite [M]`` (False where a member's loss or
+    gradient was NaN/Inf; its update was skipped).
+  """
+  if regime not in REGIMES:
+    raise ValueError(f"regime must be one of {REGIMES}; got {regime!r}.")
+  if regime != "independent" and fusion is None:
+    raise ValueError(f"regime={regime!r} trains a fusion; pass fusion=...")
+  if per_member and fusion is not None and regime != "independent":
+    raise ValueError("A fused loss needs every member to see the same batch; "
+                     "per_member=True works with regime='independent' only.")
+  opt = make_optimizer(ensemble, tx, regime, fusion_tx, guard)
+  size = ensemble.size
+
+  def objective(params, state, x, y, mask, key):
+    variables = {"params": params["members"], "state": state}
+    out, new_state = ensemble.apply(variables, x, key=key, train=True,
+                                    per_member=per_member)
+    member_loss = loss(out, y, mask)  # [M]
+    logs = {"member_loss": member_loss}
+    if regime == "independent":
+      total = jnp.sum(member_loss)
+    else:
+      fused = fusion.apply(params["fusion"], out, x=x)
+      fused_loss = loss(fused, y, mask)
+      logs["fused_loss"] = fused_loss
+      total = fused_loss if regime in ("frozen", "joint") else (
+          jnp.sum(member_loss) + lam * fused_loss)
+    return total, (new_state, logs)
+
+  def step(state: TrainState, batch):
+    x, y, mask = batch["x"], jnp.asarray(batch["y"]), batch.get("mask")
+    _check_labels_batch(x, y, per_member, size)
+    key, sub = jax.random.split(state.key)
+    grads, (new_state, logs) = jax.grad(objective, has_aux=True)(
+        state.params, state.state, x, y, mask, sub)
+    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Per-member health: a member whose loss or gradient is non-finite keeps
+    # its old params and BatchNorm statistics (its optimizer state was kept by
+    # skip_nonfinite), so no bad value ever enters the state.
+    grad_ok = ensemble.join(ensemble.member_map(_all_finite, grads["members"]))
+    finite = jnp.isfinite(logs["member_loss"]) & grad_ok
+    if guard:
+      keep = ensemble.split(finite)
+      pick = lambda ok, n, o: jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
+      members = ensemble.member_map(pick, keep, params["members"], state.params["members"])
+      new_state = ensemble.member_map(pick, keep, new_state, state.state)
+      params = {"members": members, "fusion": params["fusion"]}
+    logs["finite"] = finite
+    logs["loss"] = jnp.sum(logs["member_loss"]) if "fused_loss" not in logs else (
+        logs["fused_loss"] if regime in ("frozen", "joint")
+        else jnp.sum(logs["member_loss"]) + lam * logs["fused_loss"])
+    return TrainState(state.step + 1, params, new_state, opt_state, key), logs
+
+  if not jit:
+    return step
+  return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_predict(ensemble: Ensemble, fusion: Optional[Fusion] = None,
+                 jit: bool = True) -> Callable:
+  """``predict(state_or_params, x) -> (member_outputs [M, B, C], fused or None)``."""
+
+  def predict(state: TrainState, x):
+    variables = {"params": state.params["members"], "state": state.state}
+    out, _ = ensemble.apply(variables, x, train=False)
+    fused = None if fusion is None else fusion.apply(state.params["fusion"], out, x=x)
+    return out, fused
+
+  return jax.jit(predict) if jit else predict
