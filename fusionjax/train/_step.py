@@ -203,7 +203,7 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
               fusion: Optional[Fusion] = None, regime: str = "independent",
               lam: float = 1.0, fusion_tx=None, loss: Callable = cross_entropy,
               per_member: bool = False, guard: bool = True, jit: bool = True,
-              donate: bool = True) -> Callable:
+              donate: bool = True, mesh=None) -> Callable:
   """One step that updates every member (and the fusion) at once.
 
   Regimes:
@@ -225,6 +225,9 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
     guard: skip non-finite per-member updates (the state stays good).
     jit: return ``jax.jit(step, donate_argnums=0)``.
     donate: donate the input state's buffers.
+    mesh: a ``('member', 'data')`` mesh; the step is jitted with explicit
+      ``NamedSharding`` in/out shardings (see :mod:`fusionjax.train._sharding`).
+      Place the state with ``shard_state`` and batches with ``shard_batch``.
 
   Returns:
     ``step(state, batch) -> (state, logs)`` where ``batch`` is a dict with
@@ -286,6 +289,9 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
 
   if not jit:
     return step
+  if mesh is not None:
+    from fusionjax.train._sharding import jit_sharded  # pylint: disable=g-import-not-at-top
+    return jit_sharded(step, mesh, ensemble, per_member, donate)
   return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 

@@ -1,0 +1,260 @@
+"""The training driver: epochs, evaluation, progress bar, JSONL log, checkpoints.
+
+``fit`` is the loop around :func:`~fusionjax.train.make_step` that experiments
+use. It is deterministic: the data order of epoch ``e`` comes from
+``(seed, e)``, the step's RNG key lives in the state, and the data position is
+checkpointed with the state, so a resumed run equals the uninterrupted one.
+"""
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fusionjax import errors
+from fusionjax.ensemble import Ensemble, bootstrap_indices
+from fusionjax.fusion import Fusion
+from fusionjax.train import _sharding
+from fusionjax.train._checkpoint import Checkpointer
+from fusionjax.train._step import TrainState, init as init_state, make_predict, make_step
+
+
+class FitResult(NamedTuple):
+  """What :func:`fit` returns.
+
+  Attributes:
+    state: the final :class:`~fusionjax.train.TrainState`.
+    history: one dict per evaluation (also the lines of the JSONL log).
+    status: ``'done'`` or ``'interrupted'`` (SIGINT/SIGTERM: checkpoint written).
+  """
+  state: TrainState
+  history: list
+  status: str
+
+
+def _log_softmax_mean(member_logits):
+  m = member_logits.shape[0]
+  return jax.nn.logsumexp(jax.nn.log_softmax(member_logits, -1), axis=0) - jnp.log(m)
+
+
+def evaluate(predict: Callable, state: TrainState, x, y, batch_size: int = 1000,
+             fused_from_members: Optional[Callable] = None) -> dict:
+  """Accuracy, NLL, Brier and ECE of every member and of the fused prediction.
+
+  Args:
+    predict: from :func:`~fusionjax.train.make_predict`.
+    state: the train state.
+    x, y: the evaluation set (numpy).
+    batch_size: evaluation batch size.
+    fused_from_members: used when ``predict`` has no fusion (default: the mean
+      of member probabilities, in log space).
+
+  Returns:
+    A flat dict: ``accuracy``, ``nll``, ``brier``, ``ece`` of the fused
+    prediction and ``member_accuracy`` / ``member_nll`` lists.
+  """
+  from fusionjax import metrics  # pylint: disable=g-import-not-at-top
+  outs, fused = [], []
+  for i in range(0, len(x), batch_size):
+    o, f = predict(state, x[i:i + batch_size])
+    outs.append(o)
+    fused.append(f if f is not None else (fused_from_members or _log_softmax_mean)(o))
+  member = jnp.concatenate(outs, axis=1)
+  fused = jnp.concatenate(fused, axis=0)
+  y = jnp.asarray(y)
+  res = {k: float(v) for k, v in metrics.summary(fused, y).items()}
+  res["member_accuracy"] = [float(a) for a in metrics.accuracy(member, y)]
+  res["member_nll"] = [float(a) for a in metrics.nll(member, y)]
+  return res
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, Any], *,
+        key: jax.Array, epochs: int, batch_size: int = 128,
+        fusion: Optional[Fusion] = None, regime: str = "independent", lam: float = 1.0,
+        fusion_tx=None, eval_sets: Optional[Mapping[str, Tuple[Any, Any]]] = None,
+        log_path: Optional[str] = None, ckpt_dir: Optional[str] = None,
+        ckpt_every: Optional[int] = None, resume: bool = True, mesh=None,
+        bagging: bool = False, on_nonfinite: str = "stop", progress: bool = True,
+        sync_every: int = 50, handle_signals: bool = True,
+        max_steps: Optional[int] = None, seed: int = 0) -> FitResult:
+  """Trains every member in one jitted step per batch, for ``epochs`` epochs.
+
+  Args:
+    ensemble: the ensemble.
+    tx: single-member optax transform (applied per member).
+    train: ``(x, y)`` numpy arrays.
+    key: PRNG key for init, dropout and bagging.
+    epochs: passes over the training set.
+    batch_size: examples per step (the last partial batch is dropped).
+    fusion, regime, lam, fusion_tx: see :func:`~fusionjax.train.make_step`.
+    eval_sets: name -> ``(x, y)``, evaluated after every epoch.
+    log_path: a JSON-lines file; one line per epoch (``pandas.read_json(path, lines=True)``).
+    ckpt_dir: orbax checkpoints (state, data position, key); checked for
+      writability before training starts.
+    ckpt_every: also checkpoint every this many steps (default: each epoch).
+    resume: continue from the latest checkpoint in ``ckpt_dir``.
+    mesh: a ``('member', 'data')`` mesh to shard the step over.
+    bagging: each member trains on its own bootstrap of the training set.
+    on_nonfinite: ``'stop'`` raises :class:`~fusionjax.errors.NonFiniteError`
+      naming the member and step (no checkpoint of that state is written);
+      ``'freeze'`` skips that member's updates and lets the others carry on.
+    progress: show a tqdm progress bar.
+    sync_every: steps between host reads of the logs (the only host syncs).
+    handle_signals: SIGINT/SIGTERM finish the step, checkpoint and return
+      ``status='interrupted'``.
+    max_steps: stop after this many steps in total (for smoke runs).
+    seed: seed of the data order.
+
+  Returns:
+    A :class:`FitResult`.
+  """
+  if on_nonfinite not in ("stop", "freeze"):
+    raise ValueError(f"on_nonfinite must be 'stop' or 'freeze'; got {on_nonfinite!r}.")
+  x_train, y_train = np.asarray(train[0]), np.asarray(train[1])
+  n = len(x_train)
+  if n == 0 or len(y_train) != n:
+    raise errors.BatchShapeError(
+        f"train x has {n} examples and y has {len(y_train)}. Fix: pass matching, "
+        "non-empty arrays.")
+  batch_size = min(batch_size, n)
+  steps_per_epoch = n // batch_size
+  ckpt = Checkpointer(ckpt_dir) if ckpt_dir else None
+
+  k_init, k_bag = jax.random.split(key)
+  state = init_state(ensemble, tx, k_init, x_train[:1], fusion=fusion, regime=regime,
+                     fusion_tx=fusion_tx)
+  if mesh is not None:
+    state = _sharding.shard_state(state, mesh, ensemble)
+  step_fn = make_step(ensemble, tx, fusion=fusion, regime=regime, lam=lam,
+                      fusion_tx=fusion_tx, per_member=bagging, mesh=mesh)
+  predict = make_predict(ensemble, fusion)
+  boot = np.asarray(bootstrap_indices(k_bag, ensemble.size, n)) if bagging else None
+
+  position = {"epoch": 0, "batch": 0}
+  history = []
+  if ckpt is not None and resume and ckpt.latest_step() is not None:
+    state, position = ckpt.restore(state)
+    if log_path and os.path.exists(log_path):
+      with open(log_path) as f:
+        history = [json.loads(line) for line in f if line.strip()]
+      history = [h for h in history if h.get("step", 0) <= int(state.step)]
+      with open(log_path, "w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+  elif log_path and os.path.exists(log_path):
+    os.remove(log_path)
+
+  stop = {"signal": None}
+  old_handlers = {}
+  if handle_signals:
+    def _handler(signum, frame):
+      del frame
+      stop["signal"] = signum
+    for s in (signal.SIGINT, signal.SIGTERM):
+      try:
+        old_handlers[s] = signal.signal(s, _handler)
+      except ValueError:  # not the main thread
+        pass
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=epochs * steps_per_epoch, initial=int(state.step), unit="step",
+               dynamic_ncols=True, leave=False)
+
+  pending = []
+  frozen = np.zeros(ensemble.size, bool)
+
+  def sync():
+    """Reads the pending logs (one host sync) and applies the non-finite policy."""
+    nonlocal pending
+    if not pending:
+      return None
+    logs = jax.device_get(pending)
+    pending = []
+    for step_no, log in logs:
+      bad = ~np.asarray(log["finite"])
+      if bad.any():
+        if on_nonfinite == "stop":
+          raise errors.NonFiniteError(
+              f"Non-finite loss or gradient in member(s) {np.flatnonzero(bad).tolist()} "
+              f"({[ensemble.names[i] for i in np.flatnonzero(bad)]}) at step {step_no}; "
+              f"member losses: {np.asarray(log['member_loss']).tolist()}. Their updates "
+              "were skipped and no checkpoint of this state was written; the last good "
+              f"checkpoint is kept{' in ' + ckpt.directory if ckpt else ''}. Fix: lower "
+              "the learning rate, clip gradients, or pass on_nonfinite='freeze'.")
+        frozen[bad] = True
+    if bar is not None:
+      bar.set_postfix(loss=f"{float(logs[-1][1]['loss']):.4f}")
+    return logs[-1][1]
+
+  def checkpoint():
+    if ckpt is not None:
+      sync()
+      ckpt.save(int(state.step), state, position)
+
+  status = "done"
+  t0 = time.time()
+  try:
+    while position["epoch"] < epochs:
+      epoch = position["epoch"]
+      order = _epoch_order(seed, epoch, n)
+      for b in range(position["batch"], steps_per_epoch):
+        sl = order[b * batch_size:(b + 1) * batch_size]
+        if boot is not None:
+          idx = boot[:, sl]
+          batch = {"x": x_train[idx], "y": y_train[idx]}
+        else:
+          batch = {"x": x_train[sl], "y": y_train[sl]}
+        if mesh is not None:
+          batch = _sharding.shard_batch(batch, mesh, per_member=bagging)
+        step_no = int(state.step)
+        state, logs = step_fn(state, batch)
+        pending.append((step_no, logs))
+        position = {"epoch": epoch, "batch": b + 1}
+        if bar is not None:
+          bar.update(1)
+        if len(pending) >= sync_every:
+          sync()
+        if ckpt_every and int(state.step) % ckpt_every == 0:
+          checkpoint()
+        if stop["signal"] is not None or (max_steps and int(state.step) >= max_steps):
+          break
+      last = sync()
+      if stop["signal"] is not None:
+        checkpoint()
+        status = "interrupted"
+        break
+      if position["batch"] >= steps_per_epoch:
+        position = {"epoch": epoch + 1, "batch": 0}
+      record = {"epoch": epoch + 1 if position["batch"] == 0 else epoch,
+                "step": int(state.step), "time": time.time() - t0,
+                "train_loss": float(last["loss"]) if last is not None else None,
+                "frozen_members": np.flatnonzero(frozen).tolist()}
+      for name, (xe, ye) in (eval_sets or {}).items():
+        for k, v in evaluate(predict, state, np.asarray(xe), np.asarray(ye)).items():
+          record[f"{name}/{k}"] = v
+      history.append(record)
+      if log_path:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        with open(log_path, "a") as f:
+          f.write(json.dumps(record) + "\n")
+      checkpoint()
+      if max_steps and int(state.step) >= max_steps:
+        break
+  finally:
+    if bar is not None:
+      bar.close()
+    for s, h in old_handlers.items():
+      signal.signal(s, h)
+    if ckpt is not None:
+      ckpt.close()
+  return FitResult(state, history, status)

@@ -1,0 +1,144 @@
+"""Sharding the stacked step over a ``('member', 'data')`` device mesh.
+
+Members are split over the ``'member'`` axis (params, BatchNorm statistics and
+per-member optimizer state on ``P('member')``), batches over the ``'data'``
+axis (``P('data')``, or ``P('member', 'data')`` when each member has its own
+batch). ``jax.jit`` with ``NamedSharding`` does the rest (XLA inserts the
+gradient all-reduce over ``'data'``). Arrays are built with
+``jax.make_array_from_callback`` so the same code runs on one host or many
+(``jax.distributed``), every process holding the same host values.
+"""
+import math
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fusionjax import errors
+from fusionjax.ensemble import Ensemble
+
+AXES = ("member", "data")
+
+
+def make_mesh(member: int = 1, data: Optional[int] = None,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A ``('member', 'data')`` mesh over ``devices`` (default: all devices).
+
+  Args:
+    member: devices along the member axis.
+    data: devices along the data axis (default: the rest).
+    devices: the devices (default ``jax.devices()``, all processes).
+
+  Returns:
+    A ``jax.sharding.Mesh`` of shape ``(member, data)``.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  data = data if data is not None else n // max(member, 1)
+  if member < 1 or data < 1 or member * data != n:
+    raise errors.MeshError(
+        f"A ('member', 'data') mesh of shape ({member}, {data}) needs "
+        f"{member * data} devices; there are {n}. Fix: choose member * data == {n}, "
+        f"e.g. {[(m, n // m) for m in range(1, n + 1) if n % m == 0]}.")
+  return Mesh(np.asarray(devices).reshape(member, data), AXES)
+
+
+def _is_member_path(path) -> bool:
+  keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+  return "members" in keys or "state" in keys
+
+
+def _check_divides(ensemble: Ensemble, mesh: Mesh):
+  m = mesh.shape["member"]
+  bad = {g: hi - lo for g, (lo, hi) in ensemble.groups.items() if (hi - lo) % m}
+  if bad:
+    sizes = sorted({hi - lo for lo, hi in ensemble.groups.values()})
+    ok = [d for d in range(1, math.gcd(*sizes) + 1) if math.gcd(*sizes) % d == 0]
+    raise errors.MeshError(
+        f"The mesh's 'member' axis has {m} devices, which does not divide the "
+        f"member count of group(s) {bad}. Fix: use a 'member' axis size in {ok} "
+        "(put the remaining devices on the 'data' axis), or change the group sizes.")
+
+
+def state_shardings(state, mesh: Mesh, ensemble: Ensemble):
+  """NamedShardings for a :class:`~fusionjax.train.TrainState`.
+
+  Leaves of the members' params, their state and their optimizer state go on
+  ``P('member')``; the step, the key and the fusion's part are replicated.
+  """
+  _check_divides(ensemble, mesh)
+  member, replicated = NamedSharding(mesh, P("member")), NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    field = getattr(path[0], "name", None)
+    if field == "state" or (field in ("params", "opt_state") and _is_member_path(path[1:])):
+      if getattr(leaf, "ndim", 0) >= 1:
+        return member
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, state)
+
+
+def batch_shardings(batch, mesh: Mesh, per_member: bool = False):
+  """``P('data')`` (or ``P('member', 'data')`` when ``per_member``) for every leaf."""
+  spec = P("member", "data") if per_member else P("data")
+  d = mesh.shape["data"]
+  for leaf in jax.tree_util.tree_leaves(batch):
+    b = leaf.shape[1 if per_member else 0]
+    if b % d:
+      raise errors.MeshError(
+          f"The batch size {b} is not divisible by the mesh's 'data' axis ({d} "
+          f"devices). Fix: use a batch size that is a multiple of {d}, or pad "
+          "the last batch (fusionjax.data batches with pad=True).")
+  return jax.tree.map(lambda _: NamedSharding(mesh, spec), batch)
+
+
+def put(tree, shardings):
+  """Places host values on a (possibly multi-process) mesh.
+
+  Every process must hold the same global values; each keeps only the shards
+  of its own devices.
+  """
+
+  def place(x, sharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      impl = jax.random.key_impl(x)
+      return jax.random.wrap_key_data(place(jax.random.key_data(x), sharding), impl=impl)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  return jax.tree.map(place, tree, shardings)
+
+
+def shard_state(state, mesh: Mesh, ensemble: Ensemble):
+  """Places a train state on the mesh (see :func:`state_shardings`)."""
+  return put(state, state_shardings(state, mesh, ensemble))
+
+
+def shard_batch(batch, mesh: Mesh, per_member: bool = False):
+  """Places a batch on the mesh (see :func:`batch_shardings`)."""
+  return put(batch, batch_shardings(batch, mesh, per_member))
+
+
+def jit_sharded(step, mesh: Mesh, ensemble: Ensemble, per_member: bool = False,
+                donate: bool = True):
+  """``jax.jit`` of an unjitted step with explicit in/out shardings on ``mesh``.
+
+  The shardings are computed from the first state and batch the step sees.
+  """
+  cache = {}
+
+  def sharded(state, batch):
+    key = jax.tree_util.tree_structure((state, batch))
+    if key not in cache:
+      ss = state_shardings(state, mesh, ensemble)
+      bs = batch_shardings(batch, mesh, per_member)
+      cache[key] = jax.jit(step, in_shardings=(ss, bs),
+                           out_shardings=(ss, NamedSharding(mesh, P())),
+                           donate_argnums=(0,) if donate else ())
+    return cache[key](state, batch)
+
+  return sharded
