@@ -73,6 +73,14 @@ def evaluate(predict: Callable, state: TrainState, x, y, batch_size: int = 1000,
   return res
 
 
+def as_arrays(data) -> Tuple[np.ndarray, np.ndarray]:
+  """``(x, y)`` from a ``(x, y)`` pair or a source with ``.arrays()`` (fusionjax.data)."""
+  if hasattr(data, "arrays"):
+    a = data.arrays()
+    return np.asarray(a["image"]), np.asarray(a["label"])
+  return np.asarray(data[0]), np.asarray(data[1])
+
+
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -91,12 +99,12 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
   Args:
     ensemble: the ensemble.
     tx: single-member optax transform (applied per member).
-    train: ``(x, y)`` numpy arrays.
+    train: ``(x, y)`` numpy arrays, or a ``fusionjax.data`` source.
     key: PRNG key for init, dropout and bagging.
     epochs: passes over the training set.
     batch_size: examples per step (the last partial batch is dropped).
     fusion, regime, lam, fusion_tx: see :func:`~fusionjax.train.make_step`.
-    eval_sets: name -> ``(x, y)``, evaluated after every epoch.
+    eval_sets: name -> ``(x, y)`` (or a source), evaluated after every epoch.
     log_path: a JSON-lines file; one line per epoch (``pandas.read_json(path, lines=True)``).
     ckpt_dir: orbax checkpoints (state, data position, key); checked for
       writability before training starts.
@@ -119,7 +127,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
   """
   if on_nonfinite not in ("stop", "freeze"):
     raise ValueError(f"on_nonfinite must be 'stop' or 'freeze'; got {on_nonfinite!r}.")
-  x_train, y_train = np.asarray(train[0]), np.asarray(train[1])
+  x_train, y_train = as_arrays(train)
   n = len(x_train)
   if n == 0 or len(y_train) != n:
     raise errors.BatchShapeError(
@@ -239,8 +247,8 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
                 "step": int(state.step), "time": time.time() - t0,
                 "train_loss": float(last["loss"]) if last is not None else None,
                 "frozen_members": np.flatnonzero(frozen).tolist()}
-      for name, (xe, ye) in (eval_sets or {}).items():
-        for k, v in evaluate(predict, state, np.asarray(xe), np.asarray(ye)).items():
+      for name, data in (eval_sets or {}).items():
+        for k, v in evaluate(predict, state, *as_arrays(data)).items():
           record[f"{name}/{k}"] = v
       history.append(record)
       if log_path:
