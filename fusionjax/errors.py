@@ -113,6 +113,28 @@ class UnknownMemberError(FusionJaxError):
   """
 
 
+class FusionInputError(FusionJaxError):
+  """A fusion that reads the input ``x`` got none, or one of the wrong shape.
+
+  Gating and stacking with ``passthrough=True`` read ``x``; its batch size must
+  match the member outputs' and its flattened feature size the one seen at
+  ``init``.
+
+  Fix: pass ``x=`` (the input batch ``[B, ...]`` that produced the member
+  outputs) to both ``init`` and ``apply``, with the same trailing dims.
+  """
+
+
+class FusionConfigError(FusionJaxError):
+  """A fusion factory got a hyper-parameter it cannot use.
+
+  For example an unknown option name, a size or temperature out of range, or
+  stage costs of the wrong length.
+
+  Fix: use one of the values the message lists.
+  """
+
+
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
@@ -152,6 +174,14 @@ class EmptySplitError(FusionJaxError):
   """
 
 
+class BatchSizeError(FusionJaxError):
+  """A batch size below 1 for the batch iterator.
+
+  Fix: pass ``batch_size >= 1`` (a multiple of the mesh's ``'data'`` axis
+  when sharding).
+  """
+
+
 # --------------------------------------------------------------------------
 # metrics and model selection
 # --------------------------------------------------------------------------
@@ -174,4 +204,56 @@ class BinsError(FusionJaxError):
   """Calibration error with fewer than one bin.
 
   Fix: pass ``num_bins >= 1`` (15 is the usual choice).
+  """
+
+
+class UnknownMetricError(FusionJaxError):
+  """A metric or combination rule named by a string that fusionjax does not know.
+
+  Raised by ``fusionjax.select.greedy_selection(metric=...)`` and
+  ``fusionjax.metrics.nll_decomposition(combine=...)``. Fix: use one of the names
+  listed in the message.
+  """
+
+
+class SelectionError(FusionJaxError):
+  """Model selection or a hyper-parameter search asked for something impossible.
+
+  For example ``max_size < 1``, an ``init_size`` larger than the number of
+  members or than ``max_size``, a grid with no axes, or an objective that does
+  not return one scalar per candidate. Fix: the message names the argument and
+  the values it accepts.
+  """
+
+
+# --------------------------------------------------------------------------
+# integration
+# --------------------------------------------------------------------------
+class IntegrationConfigError(FusionJaxError):
+  """A training-time integration method got a hyper-parameter out of range.
+
+  For example a distillation temperature ``<= 0``, a boosting shrinkage
+  outside ``(0, 1]``, ``patience < 1``, a learning rate ``<= 0`` or a number of
+  cycles below 1 (``fusionjax.integrate``). Fix: the message names the
+  argument, its value and the range it accepts.
+  """
+
+
+class SoupError(FusionJaxError):
+  """Params trees that cannot be averaged: different structures or leaf shapes.
+
+  Weight-space fusion (soups, SWA, interpolation) averages leaf by leaf, so
+  every ingredient must come from the same architecture. Fix: pass members of
+  one model (e.g. the stacked params of one ensemble); the message names the
+  first leaf path and the shapes that differ.
+  """
+
+
+class AlignmentError(FusionJaxError):
+  """Permutation alignment got params that are not a flax ``MLP``'s.
+
+  Weight matching reads ``{'Dense_0': {'kernel' [D, H0], 'bias' [H0]}, ...,
+  'Dense_L': ...}`` whose widths chain (``fusionjax.models.MLP`` params,
+  unstacked). Fix: pass single-member MLP params of the same widths; the
+  message names the key or shape that does not fit.
   """
