@@ -7,6 +7,7 @@ killed at any moment leaves the previous checkpoint readable. Nothing here
 unpickles a file.
 """
 import os
+import shutil
 import tempfile
 from typing import Any, Optional
 
@@ -17,10 +18,16 @@ import orbax.checkpoint as ocp
 from fusionjax import errors
 
 
-def check_writable(directory: str) -> None:
+def tree_bytes(tree) -> int:
+  """Bytes of the arrays in ``tree``."""
+  return sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(_to_saveable(tree)))
+
+
+def check_writable(directory: str, need_bytes: int = 0) -> None:
   """Raises :class:`~fusionjax.errors.CheckpointDirError` unless ``directory`` takes a file.
 
-  Called before training starts, so a bad directory is reported at once.
+  Called before training starts, so a bad directory (unwritable, or with less
+  free space than ``need_bytes``) is reported at once.
   """
   try:
     os.makedirs(directory, exist_ok=True)
@@ -32,6 +39,13 @@ def check_writable(directory: str) -> None:
     raise errors.CheckpointDirError(
         f"Cannot write checkpoints to {directory!r}: {e.strerror or e}. "
         "Fix: pass a writable directory with free space (ckpt_dir=...).") from e
+  if need_bytes:
+    free = shutil.disk_usage(directory).free
+    if free < need_bytes:
+      raise errors.CheckpointDirError(
+          f"{directory!r} has {free / 2**20:.1f} MiB free but a checkpoint needs about "
+          f"{need_bytes / 2**20:.1f} MiB (two are kept while the next is written). "
+          "Fix: free disk space or choose another ckpt_dir.")
 
 
 def _to_saveable(tree):
@@ -72,8 +86,18 @@ class Checkpointer:
     """Saves ``state`` and the data ``position`` at ``step`` (blocking, atomic)."""
     item = {"state": _to_saveable(state),
             "position": {k: np.asarray(v, np.int64) for k, v in position.items()}}
-    self._mgr.save(int(step), args=ocp.args.StandardSave(item), force=True)
-    self._mgr.wait_until_finished()
+    kept = self.latest_step()
+    try:
+      self._mgr.save(int(step), args=ocp.args.StandardSave(item), force=True)
+      self._mgr.wait_until_finished()
+    except OSError as e:
+      # orbax writes into a temporary directory and renames it when complete,
+      # so a failed save leaves the previous checkpoint as it was.
+      raise errors.CheckpointDirError(
+          f"Saving the checkpoint of step {step} to {self.directory!r} failed: "
+          f"{e.strerror or e}. The previous checkpoint (step {kept}) is intact and "
+          "a restart resumes from it. Fix: free disk space or choose another "
+          "ckpt_dir.") from e
 
   def restore(self, state_like: Any, step: Optional[int] = None):
     """Restores ``(state, position)``; ``state_like`` gives structure, dtypes, shardings."""

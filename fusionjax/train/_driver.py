@@ -20,7 +20,7 @@ from fusionjax import errors
 from fusionjax.ensemble import Ensemble, bootstrap_indices
 from fusionjax.fusion import Fusion
 from fusionjax.train import _sharding
-from fusionjax.train._checkpoint import Checkpointer
+from fusionjax.train._checkpoint import Checkpointer, check_writable, tree_bytes
 from fusionjax.train._step import TrainState, init as init_state, make_predict, make_step
 
 
@@ -140,6 +140,8 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
   k_init, k_bag = jax.random.split(key)
   state = init_state(ensemble, tx, k_init, x_train[:1], fusion=fusion, regime=regime,
                      fusion_tx=fusion_tx)
+  if ckpt is not None:
+    check_writable(ckpt.directory, need_bytes=3 * tree_bytes(state))
   if mesh is not None:
     state = _sharding.shard_state(state, mesh, ensemble)
   step_fn = make_step(ensemble, tx, fusion=fusion, regime=regime, lam=lam,
@@ -179,6 +181,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
                dynamic_ncols=True, leave=False)
 
   pending = []
+  last_logs = {"value": None}
   frozen = np.zeros(ensemble.size, bool)
 
   def sync():
@@ -188,6 +191,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
       return None
     logs = jax.device_get(pending)
     pending = []
+    last_logs["value"] = logs[-1][1]
     for step_no, log in logs:
       bad = ~np.asarray(log["finite"])
       if bad.any():
@@ -204,10 +208,13 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
       bar.set_postfix(loss=f"{float(logs[-1][1]['loss']):.4f}")
     return logs[-1][1]
 
+  saved = {"step": ckpt.latest_step() if ckpt is not None else None}
+
   def checkpoint():
-    if ckpt is not None:
-      sync()
+    if ckpt is not None and saved["step"] != int(state.step):
+      sync()  # never write a state the non-finite policy has not cleared
       ckpt.save(int(state.step), state, position)
+      saved["step"] = int(state.step)
 
   status = "done"
   t0 = time.time()
@@ -236,7 +243,8 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
           checkpoint()
         if stop["signal"] is not None or (max_steps and int(state.step) >= max_steps):
           break
-      last = sync()
+      sync()
+      last = last_logs["value"]
       if stop["signal"] is not None:
         checkpoint()
         status = "interrupted"

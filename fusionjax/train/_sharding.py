@@ -90,7 +90,8 @@ def batch_shardings(batch, mesh: Mesh, per_member: bool = False):
       raise errors.MeshError(
           f"The batch size {b} is not divisible by the mesh's 'data' axis ({d} "
           f"devices). Fix: use a batch size that is a multiple of {d}, or pad "
-          "the last batch (fusionjax.data batches with pad=True).")
+          "the last batch (fusionjax.data.batches pads it, with a mask, by default: "
+          "drop_last=False).")
   return jax.tree.map(lambda _: NamedSharding(mesh, spec), batch)
 
 
