@@ -6,8 +6,10 @@ class Fusion(NamedTuple):
   """A fusion layer: two pure functions built by a factory.
 
   Attributes:
-    init: ``(key, member_outputs [M, B, C]) -> params`` (a pytree, possibly
-      empty ``()``, for fusions without learnable parameters).
+    init: ``(key, member_outputs [M, B, C], *, x=None) -> params`` (a pytree,
+      possibly empty ``()``, for fusions without learnable parameters); ``x``
+      is needed only by fusions that read the input (their params depend on
+      its size), and combinators pass it to every fusion they hold.
     apply: ``(params, member_outputs [M, B, C], *, x=None, key=None) -> fused``.
       Classification fusions take member logits and return fused
       log-probabilities ``[B, C]``; regression fusions take member predictions.

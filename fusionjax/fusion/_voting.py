@@ -1,0 +1,162 @@
+"""Voting, exactly as scikit-learn's ``VotingClassifier`` votes."""
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fusionjax.fusion import _checks
+from fusionjax.fusion._averaging import log_mixture
+from fusionjax.fusion._base import Fusion
+from fusionjax.fusion._weighted import fixed_log_weights
+
+
+def log_zero(dtype) -> float:
+  """The finite stand-in for ``log 0`` used by hard votes: ``-sqrt(finfo.max)``.
+
+  ``exp`` of it is exactly 0 (so ``exp(log_probs)`` is an exact one-hot), and
+  it can be added up, averaged, scaled or even squared without overflowing to
+  ``-inf``, so downstream losses (``0 * log_zero`` in a cross-entropy with
+  one-hot labels) and fusions stay NaN-free. -1.8e19 for float32 and
+  bfloat16, -255.9 for float16.
+  """
+  return -float(np.sqrt(np.float64(jnp.finfo(dtype).max)))
+
+
+def _no_params(key, member_outputs, *, x=None):
+  del key, member_outputs, x
+  return ()
+
+
+def hard_vote(weights: Optional[Any] = None) -> Fusion:
+  """Majority (plurality) vote of the members' argmax classes.
+
+  Exactly scikit-learn's ``VotingClassifier(voting='hard', weights=w)``
+  rule, ``argmax(bincount(preds, weights=w))``: each member votes for
+  ``argmax_c z_m[b, c]`` (the lowest index on ties, as ``np.argmax``) with
+  weight ``w[m]`` (1 when ``weights`` is ``None``; the weights are *not*
+  normalised, as in scikit-learn), and the class with the largest total wins;
+  a tie between classes goes to the lowest class index.
+
+  Votes are accumulated member by member in order, like ``np.bincount``:
+  unweighted votes are counted in int32 and are exact; weighted votes are
+  summed in the default float dtype. With integer (or other dyadic) weights the
+  result equals scikit-learn's exactly; with weights like 0.1 whose sums
+  round differently in float32 and float64, a near-tie within float32
+  rounding may be broken differently from scikit-learn (float64) unless
+  ``jax_enable_x64`` is on.
+
+  The output is the log of the one-hot winner: 0 for the winning class and
+  :func:`log_zero` (``-sqrt(finfo.max)``, finite, e.g. -1.8e19 in float32)
+  for the others, so ``argmax`` gives the winner, ``exp`` gives an exact
+  one-hot, and nothing downstream turns into NaN. The vote is piecewise
+  constant: its gradient with respect to the logits is zero.
+
+  Args:
+    weights: ``None`` or one non-negative weight per member (positive sum).
+
+  Returns:
+    A ``Fusion`` with no params: ``apply(params, member_logits [M, B, C])
+    -> [B, C]`` log of the one-hot winning class.
+
+  Raises:
+    WeightsError: weights negative, all zero, or not one per member.
+    MemberOutputsError: member outputs that are not ``[M, B, C]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from fusionjax import fusion
+    >>> z = jnp.array([[[2., 0., 0.]], [[0., 2., 0.]], [[0., 0., 2.]]])
+    >>> f = fusion.hard_vote()  # a three-way tie: class 0 wins
+    >>> f.apply(f.init(None, z), z).argmax(-1).tolist()
+    [0]
+    >>> fusion.hard_vote([1, 1, 3]).apply((), z).argmax(-1).tolist()
+    [2]
+
+  References:
+    Kuncheva, "Combining Pattern Classifiers: Methods and Algorithms",
+    Wiley 2004 (ch. 4, majority vote); scikit-learn ``VotingClassifier``.
+  """
+  name = f"hard_vote(weights={weights!r})"
+  w = (None if weights is None else
+       _checks.weights(weights, fusion=name, normalise=False))
+
+  def apply(params, member_outputs, *, x=None, key=None):
+    del params, x, key
+    m, b, c = _checks.member_outputs(member_outputs, fusion=name)
+    _checks.weights_match(w, m, fusion=name)
+    votes = jnp.argmax(member_outputs, axis=-1)  # [M, B], lowest index on ties
+    if w is None:
+      count_dtype = jnp.int32
+      vote_w = jnp.ones((m,), count_dtype)
+    else:
+      vote_w = jnp.asarray(w)  # float32, or float64 under jax_enable_x64
+      count_dtype = vote_w.dtype
+
+    def add(counts, vote_and_weight):
+      vote, wm = vote_and_weight
+      return counts + wm * jax.nn.one_hot(vote, c, dtype=count_dtype), None
+
+    # Sequential in member order, as np.bincount adds its weights.
+    counts, _ = jax.lax.scan(add, jnp.zeros((b, c), count_dtype),
+                             (votes, vote_w))
+    winner = jnp.argmax(counts, axis=-1)  # lowest class index on ties
+    dtype = member_outputs.dtype
+    return jnp.where(jax.nn.one_hot(winner, c, dtype=jnp.bool_),
+                     jnp.zeros((), dtype), jnp.asarray(log_zero(dtype), dtype))
+
+  return Fusion(_no_params, apply)
+
+
+def soft_vote(weights: Optional[Any] = None) -> Fusion:
+  """The (weighted) average of the members' probabilities, in log space.
+
+  Exactly ``log VotingClassifier(voting='soft', weights=w).predict_proba``
+  given the same member probabilities, i.e. the log of
+  ``np.average(probas, axis=0, weights=w)`` = ``sum_m w_m p_m / sum_m w_m``,
+  computed as ``logsumexp_m(log(w_m / sum w) + log_softmax(z_m))``. Feed
+  scikit-learn probabilities as ``logits = log(proba)``: ``log_softmax`` of
+  log-probabilities gives them back. Unlike :func:`weighted` the member count
+  need not be known in advance (weights are checked against ``M`` at trace
+  time). NaN-free for logits of +-1e4.
+
+  Args:
+    weights: ``None`` (equal weights) or one non-negative weight per member
+      with a positive sum (normalised here; a zero weight ignores a member).
+
+  Returns:
+    A ``Fusion`` with no params: ``apply(params, member_logits [M, B, C])
+    -> [B, C]`` fused log-probabilities.
+
+  Raises:
+    WeightsError: weights negative, all zero, or not one per member.
+    MemberOutputsError: member outputs that are not ``[M, B, C]``.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from fusionjax import fusion
+    >>> p = jnp.array([[[0.9, 0.1]], [[0.5, 0.5]]])
+    >>> f = fusion.soft_vote([1.0, 3.0])
+    >>> print(np.exp(f.apply((), jnp.log(p))).round(3))
+    [[0.6 0.4]]
+
+  References:
+    Kittler, Hatef, Duin and Matas, "On Combining Classifiers", IEEE TPAMI
+    1998 (the sum rule); scikit-learn ``VotingClassifier``.
+  """
+  name = f"soft_vote(weights={weights!r})"
+  w = (None if weights is None else  # as given, for messages
+       _checks.weights(weights, fusion=name, normalise=False))
+  log_w = None if w is None else fixed_log_weights(w / w.sum())
+
+  def apply(params, member_outputs, *, x=None, key=None):
+    del params, x, key
+    m, _, _ = _checks.member_outputs(member_outputs, fusion=name)
+    _checks.weights_match(w, m, fusion=name)
+    if log_w is None:
+      lw = jnp.full((m, 1, 1), -np.log(m), member_outputs.dtype)
+    else:
+      lw = jnp.asarray(log_w, member_outputs.dtype)[:, None, None]
+    return log_mixture(member_outputs, lw)
+
+  return Fusion(_no_params, apply)
