@@ -1,0 +1,127 @@
+"""Snapshot ensembles and FGE (fusionjax/integrate/_snapshot.py)."""
+import math
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import fusionjax as fj
+from fusionjax import errors
+from fusionjax import integrate
+
+MODULE = fj.models.MLP(10, (64,))
+
+
+def _cosine(lr0, s, cycles, t):
+  """Huang et al. (2017), eq. (2), with t counted from 0: restart every s steps."""
+  if t >= s * cycles:
+    return 0.0
+  return lr0 / 2 * (math.cos(math.pi * (t % s) / s) + 1)
+
+
+def _fge(lr1, lr2, c, t):
+  """Garipov et al. (2018), eq. (2), with i = t + 1."""
+  s = ((t % c) + 1) / c
+  return (1 - 2 * s) * lr1 + 2 * s * lr2 if s <= 0.5 else (2 - 2 * s) * lr2 + (2 * s - 1) * lr1
+
+
+def test_snapshot_schedule_is_the_restarted_cosine():
+  sched = integrate.snapshot_schedule(0.1, 10, 3)
+  for t in [0, 1, 4, 5, 9, 10, 11, 15, 19, 20, 25, 29, 30, 31, 100]:
+    assert float(sched(t)) == pytest.approx(_cosine(0.1, 10, 3, t), abs=1e-7), t
+  # Each cycle starts at lr0, halves in its middle and ends near 0.
+  assert float(sched(10)) == pytest.approx(0.1)
+  assert float(sched(15)) == pytest.approx(0.05)
+  assert float(sched(9)) == pytest.approx(0.1 / 2 * (1 + math.cos(math.pi * 0.9)))
+
+
+def test_fge_schedule_is_piecewise_linear_with_lr2_in_the_middle():
+  lr1, lr2, c = 0.05, 0.0005, 8
+  sched = integrate.fge_schedule(lr1, lr2, c)
+  for t in range(3 * c):
+    assert float(sched(t)) == pytest.approx(_fge(lr1, lr2, c, t), rel=1e-5), t
+  # The (c/2)-th update of each cycle uses lr2, the last one lr1.
+  for k in range(3):
+    assert float(sched(k * c + c // 2 - 1)) == pytest.approx(lr2, rel=1e-5)
+    assert float(sched(k * c + c - 1)) == pytest.approx(lr1, rel=1e-5)
+  values = [float(sched(t)) for t in range(c)]
+  assert np.argmin(values) == c // 2 - 1
+
+
+def test_snapshots_are_saved_at_the_learning_rate_minimum(snapshot_run, digits_splits):
+  res = snapshot_run
+  assert res.steps == (80, 160, 240, 320)
+  sched = integrate.snapshot_schedule(0.4, 80, 4)
+  for s in res.steps:  # the update that produced snapshot s used the cycle's smallest lr
+    cycle = [float(sched(t)) for t in range(s - 80, s)]
+    assert float(sched(s - 1)) == min(cycle)
+  assert res.losses.shape == (320,)
+  chex_m = {l.shape[0] for l in jax.tree_util.tree_leaves(res.variables)}
+  assert chex_m == {4}
+  x = digits_splits["test"][0][:5]
+  out, _ = res.ensemble.apply(res.variables, x)
+  assert out.shape == (4, 5, 10)
+  # Snapshot m is the network with those params.
+  last = jax.tree.map(lambda a: a[3], res.variables["params"])
+  np.testing.assert_allclose(np.asarray(out[3]), np.asarray(MODULE.apply({"params": last}, x)),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_snapshot_ensemble_beats_its_last_snapshot(snapshot_run, digits_splits):
+  res = snapshot_run
+  xt, yt = digits_splits["test"]
+  out, _ = res.ensemble.apply(res.variables, xt)
+  fused = fj.fusion.mean().apply((), out)
+  ens_nll = float(fj.metrics.nll(fused, yt))
+  member_nll = np.asarray(fj.metrics.nll(out, yt))
+  # Measured (CPU, seed 0): ensemble NLL 0.104 vs last snapshot 0.114
+  # (snapshots 0.110 0.121 0.109 0.114); over 3 seeds the gain on the last
+  # snapshot was 4-9%.
+  assert ens_nll < 0.98 * member_nll[-1]
+  assert ens_nll < member_nll.min()
+
+
+def test_fge_ensemble_from_a_trained_model(snapshot_run, digits_splits):
+  x, y = digits_splits["train"]
+  x, y = x[:500], y[:500]
+  xt, yt = digits_splits["test"]
+  start = jax.tree.map(lambda a: a[-1:], snapshot_run.variables)       # the run's last model
+  res = integrate.fge_ensemble(MODULE, x, y, key=jax.random.key(1), lr1=0.2, lr2=0.002,
+                               cycle_steps=40, cycles=4, init_variables=start,
+                               batch_size=32, seed=1)
+  # Snapshots in the middle of each cycle (lr = lr2); training stops at the last one.
+  assert res.steps == (20, 60, 100, 140)
+  assert res.losses.shape == (140,)
+  # Training started from `start`: the first loss is its loss on the first batch.
+  first = np.random.default_rng([1, 0]).permutation(500)[:32]
+  logits = MODULE.apply({"params": jax.tree.map(lambda a: a[0], start["params"])}, x[first])
+  assert res.losses[0] == pytest.approx(float(fj.metrics.nll(logits, y[first])), abs=1e-6)
+  out, _ = res.ensemble.apply(res.variables, xt)
+  assert not np.allclose(out[0], out[-1])
+  ens_nll = float(fj.metrics.nll(fj.fusion.mean().apply((), out), yt))
+  member_nll = np.asarray(fj.metrics.nll(out, yt))
+  # Measured (CPU): FGE ensemble NLL 0.115 vs snapshots 0.1135-0.117 (start
+  # 0.114). On these small MLPs the snapshots of short FGE cycles barely differ:
+  # FGE did not reliably beat its best snapshot here (from scratch with a
+  # 200-step warm-up, 3 seeds: 0.136 / 0.158 / 0.175 vs best 0.134 / 0.158 /
+  # 0.181; other lr1, lr2, c gave the same picture). The assertion guards
+  # against regressions only: no worse than the mean snapshot (Jensen) and
+  # within 3% of the best one.
+  assert ens_nll <= member_nll.mean() + 1e-6
+  assert ens_nll < 1.03 * member_nll.min()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: integrate.snapshot_schedule(0.0, 10, 3), r"lr0=0\.0"),
+    (lambda: integrate.snapshot_schedule(0.1, 0, 3), r"steps_per_cycle=0"),
+    (lambda: integrate.snapshot_schedule(0.1, 10, 0), r"cycles=0"),
+    (lambda: integrate.fge_schedule(0.1, -1.0, 8), r"lr2=-1\.0"),
+    (lambda: integrate.fge_schedule(0.1, 0.01, 7), r"cycle_steps=7 must be even"),
+    (lambda: integrate.collect_snapshots(MODULE, optax.sgd(0.1), np.zeros((4, 8, 8, 1)),
+                                         np.zeros(4, np.int32), key=jax.random.key(0),
+                                         num_steps=5, save_at=[6]), r"save_at=\(6,\)"),
+])
+def test_bad_schedule_arguments(call, match):
+  with pytest.raises(errors.IntegrationConfigError, match=match):
+    call()
