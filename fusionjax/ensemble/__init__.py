@@ -1,5 +1,4 @@
 """Ensembles: M members stacked on a leading axis and vmapped."""
 from fusionjax.ensemble._base import Ensemble, check_stacked, from_fn, stack, unstack
-from fusionjax.ensemble._bootstrap import bootstrap_indices, out_of_bag_mask
 from fusionjax.ensemble._flax import from_linen, from_nnx
 from fusionjax.ensemble._groups import groups, select_group

@@ -79,7 +79,7 @@ def _check_batch(x, size: int, per_member: bool):
       raise errors.BatchShapeError(
           f"per_member=True needs every input leaf to be [M={size}, B, ...]; "
           f"got shapes {[tuple(l.shape) for l in leaves]}. Fix: stack one batch "
-          "per member on axis 0 (e.g. x[bootstrap_indices]), or pass "
+          "per member on axis 0 (e.g. x[fusionjax.data.bootstrap(key, N, M)]), or pass "
           "per_member=False to share one batch.")
   else:
     lead = {l.shape[0] if l.ndim else None for l in leaves}
@@ -149,6 +149,10 @@ def from_fn(member_init: Callable, member_apply: Callable, size: int,
     fn = lambda v, xx, k: member_apply(v, xx, k, train)
     return jax.vmap(fn, in_axes=in_axes)(variables, x, keys)
 
+  # The single-member function travels with ``apply`` so that the train step
+  # can run members in cache-sized chunks (fusionjax.train._fast) without a
+  # new Ensemble field; ensembles built otherwise (groups) do not carry it.
+  apply._fj_member_apply = member_apply  # pylint: disable=protected-access
   names = tuple(f"{name}{i}" for i in range(size))
   identity = lambda a: a
   return Ensemble(init, apply, size, names, {name: (0, size)}, _vmap_members,

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 
 from fusionjax import errors, metrics
-from fusionjax.ensemble import Ensemble, bootstrap_indices, out_of_bag_mask
+from fusionjax.data import bootstrap, out_of_bag
+from fusionjax.ensemble import Ensemble
 from fusionjax.integrate import _train
 from fusionjax.train import TrainState, make_step
 
@@ -87,7 +88,7 @@ def oob_evaluate(ensemble: Ensemble, state, x, y, indices, *,
     x: the training inputs ``[N, ...]`` that ``indices`` index.
     y: integer labels ``[N]``.
     indices: bootstrap indices ``[M, N']`` from
-      :func:`fusionjax.ensemble.bootstrap_indices` (the ones used in training).
+      :func:`fusionjax.data.bootstrap` (the ones used in training).
     batch_size: evaluation batch size.
 
   Returns:
@@ -115,21 +116,20 @@ def oob_evaluate(ensemble: Ensemble, state, x, y, indices, *,
     raise errors.BatchShapeError(
         f"oob_evaluate: indices have shape {indices.shape}, but the ensemble has "
         f"M={ensemble.size} members: expected [M={ensemble.size}, N']. Fix: pass the "
-        "bootstrap_indices(key, M, N) used to train it.")
+        "bootstrap(key, N, M) used to train it.")
   if indices.size and (indices.min() < 0 or indices.max() >= n):
     raise errors.BatchShapeError(
         f"oob_evaluate: indices span [{indices.min()}, {indices.max()}] but x has N={n} "
         "examples. Fix: pass the training set the bootstrap indexed.")
-  in_bag = np.zeros((ensemble.size, n), bool)
-  in_bag[np.arange(ensemble.size)[:, None], indices] = True
-  if in_bag.all():
+  mask = out_of_bag(indices, n)                                          # [M, N]
+  if not mask.any():
     raise errors.EmptySplitError(
         f"oob_evaluate: every one of the N={n} examples is in every member's bootstrap, "
         "so nothing is out of bag. Fix: use bootstrap samples of size N (the default) "
         "or more members.")
   logits = _train.batched_apply(ensemble, _train.variables_of(state), x, batch_size)
   yj = jnp.asarray(y, jnp.int32)
-  fused, count, member_acc = _oob_core(logits, jnp.asarray(indices), yj)
+  fused, count, member_acc = _oob_core(logits, jnp.asarray(mask), yj)
   covered = count > 0
   return OOBResult(float(metrics.accuracy(fused, yj, covered)),
                    float(metrics.nll(fused, yj, covered)), fused, covered, count,
@@ -137,8 +137,7 @@ def oob_evaluate(ensemble: Ensemble, state, x, y, indices, *,
 
 
 @jax.jit
-def _oob_core(logits, indices, labels):
-  mask = out_of_bag_mask(indices, logits.shape[1])                        # [M, N]
+def _oob_core(logits, mask, labels):
   fused, count = oob_log_probs(logits, mask)
   hit = (jnp.argmax(logits, -1) == labels[None]) & mask
   member_acc = jnp.sum(hit, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
@@ -149,7 +148,7 @@ def fit_bagging(ensemble: Ensemble, tx: optax.GradientTransformation, x, y, *,
                 key: jax.Array, epochs: int, batch_size: int = 64, seed: int = 0):
   """Trains every member on its own bootstrap sample, in one jitted step per batch.
 
-  The bootstrap is the engine's: ``bootstrap_indices(k_bag, M, N)`` with
+  The bootstrap is the engine's: ``fusionjax.data.bootstrap(k_bag, N, M)`` with
   ``k_init, k_bag = jax.random.split(key)``; the step is
   ``make_step(ensemble, tx, per_member=True)``, so member ``m``'s batch is
   ``x[indices[m, sl]]``. The indices are returned for :func:`oob_evaluate`.
@@ -181,7 +180,7 @@ def fit_bagging(ensemble: Ensemble, tx: optax.GradientTransformation, x, y, *,
   x, y = _train.check_xy(x, y, "fit_bagging")
   epochs = _train.check_int(epochs, "epochs", "fit_bagging")
   k_init, k_bag = jax.random.split(key)
-  indices = np.asarray(bootstrap_indices(k_bag, ensemble.size, len(x)))
+  indices = bootstrap(k_bag, len(x), ensemble.size)
   state: TrainState = _train.make_init(ensemble, tx)(k_init, jnp.asarray(x[:1]))
   step = make_step(ensemble, tx, per_member=True)
   per_epoch = len(x) // min(batch_size, len(x))

@@ -17,7 +17,8 @@ import numpy as np
 import optax
 
 from fusionjax import errors
-from fusionjax.ensemble import Ensemble, bootstrap_indices
+from fusionjax.data import bootstrap
+from fusionjax.ensemble import Ensemble
 from fusionjax.fusion import Fusion
 from fusionjax.train import _sharding
 from fusionjax.train._checkpoint import Checkpointer, check_writable, tree_bytes
@@ -147,7 +148,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
   step_fn = make_step(ensemble, tx, fusion=fusion, regime=regime, lam=lam,
                       fusion_tx=fusion_tx, per_member=bagging, mesh=mesh)
   predict = make_predict(ensemble, fusion)
-  boot = np.asarray(bootstrap_indices(k_bag, ensemble.size, n)) if bagging else None
+  boot = bootstrap(k_bag, n, ensemble.size) if bagging else None
 
   position = {"epoch": 0, "batch": 0}
   history = []

@@ -44,21 +44,42 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
 
 
+class GuardState(NamedTuple):
+  """State of :func:`skip_nonfinite`: the inner state and the last verdict."""
+  inner: Any
+  ok: jax.Array  # bool: was the last update applied? ([M] when per member)
+
+
 def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """Wraps ``tx`` so that a non-finite gradient leaves params and state untouched.
+  """Wraps ``tx`` so that a non-finite gradient or update leaves params and state untouched.
 
   Applied per member by :func:`per_member`, one member's NaN never reaches the
-  others, and the state stays the last good one.
+  others, and the state stays the last good one. The verdict of the last
+  update is kept in ``GuardState.ok`` (the step reports it as ``finite``).
   """
 
-  def update(grads, state, params=None):
-    updates, new_state = tx.update(grads, state, params)
-    ok = _all_finite(grads)
-    updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
-    new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
-    return updates, new_state
+  def init(params):
+    return GuardState(tx.init(params), jnp.bool_(True))
 
-  return optax.GradientTransformation(tx.init, update)
+  def update(grads, state, params=None):
+    updates, new_inner = tx.update(grads, state.inner, params)
+    ok = _all_finite(grads) & _all_finite(updates)  # a finite grad can still overflow
+    updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
+    new_inner = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_inner, state.inner)
+    return updates, GuardState(new_inner, ok)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _members_guard_ok(ensemble: Ensemble, opt_state) -> Optional[jax.Array]:
+  """``[M]`` verdicts of the per-member guards, or None when members are not guarded."""
+  members = opt_state.inner_states["members"].inner_state
+  if isinstance(members, GuardState):
+    return members.ok
+  if isinstance(members, dict) and all(isinstance(members.get(g), GuardState)
+                                       for g in ensemble.groups):
+    return ensemble.join({g: members[g].ok for g in ensemble.groups})
+  return None
 
 
 def per_member(tx: optax.GradientTransformation, ensemble: Ensemble,
@@ -175,7 +196,7 @@ def init(ensemble: Ensemble, tx: optax.GradientTransformation, key: jax.Array,
     fparams = ()
     if fusion is not None:
       out, _ = ensemble.apply(variables, x)
-      fparams = fusion.init(k_fusion, out)
+      fparams = fusion.init(k_fusion, out, x=x)
     params = {"members": variables["params"], "fusion": fparams}
     return TrainState(jnp.zeros((), jnp.int32), params, variables["state"],
                       opt.init(params), k_step)
@@ -203,7 +224,7 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
               fusion: Optional[Fusion] = None, regime: str = "independent",
               lam: float = 1.0, fusion_tx=None, loss: Callable = cross_entropy,
               per_member: bool = False, guard: bool = True, jit: bool = True,
-              donate: bool = True, mesh=None) -> Callable:
+              donate: bool = True, mesh=None, member_chunk="auto") -> Callable:
   """One step that updates every member (and the fusion) at once.
 
   Regimes:
@@ -228,6 +249,16 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
     mesh: a ``('member', 'data')`` mesh; the step is jitted with explicit
       ``NamedSharding`` in/out shardings (see :mod:`fusionjax.train._sharding`).
       Place the state with ``shard_state`` and batches with ``shard_batch``.
+    member_chunk: how the members' independent steps are laid out (speed
+      only: the state, the logs and the maths are the same, at rtol 1e-5).
+      ``'auto'`` or an int ``k``: chunks of ``k`` members, each chunk's
+      forward, backward, optimizer update and guard done while its arrays are
+      in cache and written back in place (a ``fori_loop`` in one program; a
+      loop of one jitted call per member for convolutional members, see
+      :mod:`fusionjax.train._fast`); ``'auto'`` sizes ``k`` from the
+      parameter count. ``None``: one vmap over all members. Used for regime
+      ``'independent'`` with a ``from_fn``/``from_linen``/``from_nnx``
+      ensemble and no mesh; otherwise the vmapped step runs.
 
   Returns:
     ``step(state, batch) -> (state, logs)`` where ``batch`` is a dict with
@@ -273,8 +304,12 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
     # Per-member health: a member whose loss or gradient is non-finite keeps
     # its old params and BatchNorm statistics (its optimizer state was kept by
     # skip_nonfinite), so no bad value ever enters the state.
-    grad_ok = ensemble.join(ensemble.member_map(_all_finite, grads["members"]))
-    finite = jnp.isfinite(logs["member_loss"]) & grad_ok
+    finite = jnp.isfinite(logs["member_loss"])
+    guard_ok = _members_guard_ok(ensemble, opt_state)
+    if guard_ok is not None:
+      finite &= guard_ok
+    else:
+      finite &= ensemble.join(ensemble.member_map(_all_finite, grads["members"]))
     if guard:
       keep = ensemble.split(finite)
       pick = lambda ok, n, o: jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
@@ -287,6 +322,20 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
         else jnp.sum(logs["member_loss"]) + lam * logs["fused_loss"])
     return TrainState(state.step + 1, params, new_state, opt_state, key), logs
 
+  if regime == "independent" and mesh is None and member_chunk is not None:
+    from fusionjax.train import _fast  # pylint: disable=g-import-not-at-top
+
+    def check(x, y):
+      _check_labels_batch(x, y, per_member, size)
+
+    chunked = _fast.make_chunked_step(
+        ensemble, tx, skip_nonfinite(tx) if guard else tx, loss=loss,
+        per_member=per_member, guard=guard, guard_parts=(
+            lambda o: o.ok, lambda o: o.inner,
+            lambda o, inner: GuardState(inner, jnp.ones_like(o.ok))),
+        chunk=member_chunk, check=check)
+    if chunked is not None:
+      return chunked.jitted(donate) if jit else chunked.pure
   if not jit:
     return step
   if mesh is not None:
@@ -296,8 +345,13 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
 
 
 def make_predict(ensemble: Ensemble, fusion: Optional[Fusion] = None,
-                 jit: bool = True) -> Callable:
-  """``predict(state_or_params, x) -> (member_outputs [M, B, C], fused or None)``."""
+                 jit: bool = True, member_chunk="auto") -> Callable:
+  """``predict(state_or_params, x) -> (member_outputs [M, B, C], fused or None)``.
+
+  ``member_chunk`` (``'auto'``, an int, or ``None`` for one vmap) lays the
+  members' forward passes out in chunks as in :func:`make_step`; the outputs
+  are the same.
+  """
 
   def predict(state: TrainState, x):
     variables = {"params": state.params["members"], "state": state.state}
@@ -305,4 +359,7 @@ def make_predict(ensemble: Ensemble, fusion: Optional[Fusion] = None,
     fused = None if fusion is None else fusion.apply(state.params["fusion"], out, x=x)
     return out, fused
 
+  if member_chunk is not None:
+    from fusionjax.train import _fast  # pylint: disable=g-import-not-at-top
+    predict = _fast.make_chunked_predict(ensemble, fusion, member_chunk) or predict
   return jax.jit(predict) if jit else predict

@@ -69,18 +69,6 @@ def test_per_member_batches():
   np.testing.assert_allclose(out[1], shared[1][::-1], rtol=1e-5, atol=1e-5)
 
 
-def test_bootstrap_and_out_of_bag():
-  idx = fj.ensemble.bootstrap_indices(jax.random.key(0), 5, 50)
-  chex.assert_shape(idx, (5, 50))
-  assert int(idx.min()) >= 0 and int(idx.max()) < 50
-  assert not np.array_equal(idx[0], idx[1])
-  np.testing.assert_array_equal(idx, fj.ensemble.bootstrap_indices(jax.random.key(0), 5, 50))
-  oob = np.asarray(fj.ensemble.out_of_bag_mask(idx, 50))
-  for m in range(5):
-    assert not oob[m][np.asarray(idx[m])].any()
-    assert set(np.flatnonzero(oob[m])) == set(range(50)) - set(np.asarray(idx[m]).tolist())
-
-
 def test_heterogeneous_groups_cnn_and_gru():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 28, 28, 1)), jnp.float32)
   ens = fj.ensemble.groups(cnn=fj.ensemble.from_linen(models.CNN(10, (4, 8), 16), 3),

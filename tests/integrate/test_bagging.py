@@ -51,7 +51,7 @@ def test_oob_log_probs_matches_loop_and_never_reads_in_bag_outputs():
 def test_out_of_bag_members_never_saw_the_example(bagged):
   ens, state, idx, x, y = bagged
   n = len(x)
-  mask = np.asarray(fj.ensemble.out_of_bag_mask(jnp.asarray(idx), n))
+  mask = fj.data.out_of_bag(np.asarray(idx), n)
   for m in range(M):
     in_bag = set(np.asarray(idx[m]).tolist())
     oob = set(np.flatnonzero(mask[m]).tolist())
@@ -72,7 +72,7 @@ def test_oob_evaluate_equals_reference_on_trained_members(bagged):
   cov = count > 0
   assert res.accuracy == pytest.approx(np.mean(ref[cov].argmax(-1) == y[cov]), abs=1e-6)
   assert res.nll == pytest.approx(-np.mean(ref[cov, y[cov]]), rel=1e-4)
-  mask = np.asarray(fj.ensemble.out_of_bag_mask(jnp.asarray(idx), len(x)))
+  mask = fj.data.out_of_bag(np.asarray(idx), len(x))
   pred = np.asarray(out).argmax(-1)
   member_ref = [(pred[m][mask[m]] == y[mask[m]]).mean() for m in range(M)]
   np.testing.assert_allclose(np.asarray(res.member_accuracy), member_ref, rtol=1e-6)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from fj_testing import ROOT
 
 WORKER = str(ROOT / "tests" / "reliability" / "_train_worker.py")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))

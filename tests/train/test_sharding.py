@@ -11,7 +11,7 @@ import pytest
 
 import fusionjax as fj
 from fusionjax import errors, models
-from conftest import ROOT, run_python
+from fj_testing import ROOT, run_python
 
 EIGHT_DEVICES = r'''
 import jax, numpy as np, optax
@@ -28,7 +28,7 @@ def run(ens, mesh, per_member=False):
   if mesh is not None:
     state = fj.train.shard_state(state, mesh, ens)
   step = fj.train.make_step(ens, tx, mesh=mesh, per_member=per_member)
-  idx = np.asarray(fj.ensemble.bootstrap_indices(jax.random.key(1), ens.size, 32))
+  idx = fj.data.bootstrap(jax.random.key(1), 32, ens.size)
   for i in range(3):
     sl = slice(i * 8, i * 8 + 16)
     batch = ({"x": x[idx[:, sl]], "y": y[idx[:, sl]]} if per_member

@@ -110,8 +110,8 @@ def test_no_retrace_on_second_call():
 
 
 def _learned_weights():
-  def init(key, outputs):
-    del key
+  def init(key, outputs, *, x=None):
+    del key, x
     return {"w": jnp.zeros(outputs.shape[0])}
 
   def apply(params, outputs, *, x=None, key=None):
@@ -163,7 +163,7 @@ def test_bagging_step_per_member_batches():
   ens = fj.ensemble.from_linen(models.MLP(10, (8,)), m)
   tx = optax.adam(1e-2)
   state = fj.train.init(ens, tx, jax.random.key(0), X[:1])
-  idx = fj.ensemble.bootstrap_indices(jax.random.key(1), m, 16)
+  idx = fj.data.bootstrap(jax.random.key(1), 16, m)
   step = fj.train.make_step(ens, tx, per_member=True)
   state, logs = step(state, {"x": X[idx], "y": Y[idx]})
   chex.assert_shape(logs["member_loss"], (m,))

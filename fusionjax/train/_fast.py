@@ -1,0 +1,444 @@
+"""Cache-blocked layouts of the stacked step and of prediction (same maths, same state).
+
+The plain stacked step vmaps the member over every operation: XLA then runs
+each layer's GEMM for all members, then each elementwise pass (ReLU masks,
+Adam's moments, the non-finite guard's ``where``) over all ``M`` members'
+arrays. With ``M = 16`` MNIST MLPs (4.3 M parameters) each such pass streams
+~17 MB per array through main memory, and the Adam update plus the guard make
+about twenty of them a step: the step is memory bound.
+
+Here the whole single-member step (forward, backward, optimizer update, guard)
+is the body of a ``lax.map`` over chunks of ``chunk`` members, vmapped inside a
+chunk. A chunk's parameters, gradients and moments stay in the CPU caches
+between the passes, the GEMMs are ordinary 2-D GEMMs, and it is still one
+jitted call, with no per-member dispatch. ``chunk = M`` is the plain vmap;
+``chunk = 1`` a sequential loop over members inside XLA.
+
+The step reads and writes exactly the :class:`~fusionjax.train.TrainState` of
+:func:`~fusionjax.train.make_step` (the per-member optax state inside
+``optax.multi_transform``'s), draws the same dropout keys, and applies the same
+non-finite guard, so both layouts are interchangeable (equal at rtol 1e-5;
+floating-point sums may associate differently).
+
+It applies where members are independent: a homogeneous ensemble built by
+:func:`~fusionjax.ensemble.from_fn` (``from_linen``, ``from_nnx``), regime
+``'independent'``, no device mesh. Elsewhere :func:`make_chunked_step` returns
+``None`` and the vmapped step is used.
+"""
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fusionjax.ensemble import Ensemble
+from fusionjax.ensemble._base import _check_batch, check_stacked
+
+# Per-chunk working-set budget for chunk='auto': params, gradients and two
+# optimizer moments of the chunk's members should fit in about this many bytes
+# (a share of the L2/L3 caches of a small CPU; measured in benchmarks/).
+_AUTO_BUDGET_BYTES = 4 * 2**20
+
+
+def member_fn(ensemble: Ensemble) -> Optional[Callable]:
+  """The single-member ``apply(variables, x, key, train)`` of a ``from_fn`` ensemble, or None."""
+  return getattr(ensemble.apply, "_fj_member_apply", None)
+
+
+def auto_chunk(ensemble: Ensemble, params_members, opt_slots: int = 3) -> int:
+  """Members per chunk so that a chunk's params, grads and moments fit the cache budget.
+
+  Args:
+    ensemble: the ensemble (``M = ensemble.size``).
+    params_members: stacked member params (arrays or ``ShapeDtypeStruct``).
+    opt_slots: arrays per parameter besides the parameter itself (gradient
+      and two Adam moments: 3).
+
+  Returns:
+    ``chunk`` in ``[1, M]``, a power of two.
+  """
+  leaves = jax.tree_util.tree_leaves(params_members)
+  per_member = sum(l.size // l.shape[0] * jnp.dtype(l.dtype).itemsize for l in leaves)
+  per_member *= 1 + opt_slots
+  chunk = max(1, min(ensemble.size, _AUTO_BUDGET_BYTES // max(per_member, 1)))
+  return 1 << (int(chunk).bit_length() - 1)  # a power of two: chunks that divide M
+
+
+def _squeeze(tree):
+  return jax.tree.map(lambda a: a[0], tree)
+
+
+def _expand(tree):
+  return jax.tree.map(lambda a: a[None], tree)
+
+
+def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int):
+  """Members ``[start, start + n)``: compute, update, and write back in place.
+
+  ``compute`` is per member ``(carried_m, rest_m, shared) -> out_m`` (forward
+  and backward); it runs unbatched for a chunk of one member, so XLA sees
+  exactly the single-member program (a size-1 vmap axis changes its dot
+  layouts), and vmapped otherwise, with ``shared`` broadcast to ``[n, ...]``:
+  every member's dot is then a batched dot, which XLA runs as it is, instead
+  of one dot against the concatenated weights, which needs the weights and the
+  weight gradients transposed (a copy of each, every step). ``update`` is per
+  chunk ``(carried_c, out_c) -> (new_carried_c, aux_c)`` on ``[n, ...]``
+  arrays (it vmaps itself); its reads of the old chunk are slices of the same
+  shape as its in-place writes, which XLA performs without copying the chunk.
+  """
+  cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, n)
+  c, r = jax.tree.map(cut, carried), jax.tree.map(cut, rest)
+  if n == 1:
+    out = _expand(compute(_squeeze(c), _squeeze(r), shared))
+  else:
+    sh = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), shared)
+    out = jax.vmap(compute)(c, r, sh)
+  new, new_aux = update(c, out)
+  if aux is None:  # shape probing (_aux_zeros)
+    return new, new_aux
+  put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, 0)
+  return jax.tree.map(put, carried, new), jax.tree.map(put, aux, new_aux)
+
+
+def _aux_zeros(compute, update, carried, rest, shared, size, n):
+  """Zeros ``[M, ...]`` shaped like ``update``'s per-chunk aux outputs."""
+  def one(carried):
+    return _run_chunk(compute, update, carried, None, rest, shared, 0, n)[1]
+
+  shapes = jax.eval_shape(one, carried)
+  return jax.tree.map(lambda s: jnp.zeros((size,) + s.shape[1:], s.dtype), shapes)
+
+
+def _over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
+  """Every member's ``update(compute(...))``, chunk by chunk in a ``fori_loop``, in place.
+
+  ``carried`` (params, BN state, optimizer state; donated by the caller's
+  jit) is the loop carry and is written chunk by chunk; ``rest`` are
+  member-stacked inputs (keys, per-member batches), ``shared`` inputs every
+  member reads. See :func:`_run_chunk`. Returns ``(new_carried, aux)``.
+  """
+  n = min(chunk, size)
+  aux = _aux_zeros(compute, update, carried, rest, shared, size, n)
+  run = lambda start, k, ca: _run_chunk(compute, update, *ca, rest, shared, start, k)
+  n_full = size // n
+  if n_full == 1:
+    carried, aux = run(0, n, (carried, aux))
+  else:
+    carried, aux = jax.lax.fori_loop(0, n_full, lambda i, ca: run(i * n, n, ca),
+                                     (carried, aux))
+  if size % n:
+    carried, aux = run(n_full * n, size % n, (carried, aux))
+  return carried, aux
+
+
+def _members_opt_state(opt_state):
+  """The stacked per-member optax state inside ``make_optimizer``'s state, or None."""
+  inner = getattr(opt_state, "inner_states", None)
+  if not isinstance(inner, dict) or "members" not in inner:
+    return None
+  masked = inner["members"]
+  if not hasattr(masked, "inner_state"):
+    return None
+  return masked.inner_state
+
+
+def _with_members_opt_state(opt_state, members_state):
+  inner = dict(opt_state.inner_states)
+  inner["members"] = inner["members"]._replace(inner_state=members_state)
+  return opt_state._replace(inner_states=inner)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
+
+
+def _primitives(jaxpr, found=None):
+  """Names of the primitives in a (closed) jaxpr, sub-jaxprs included."""
+  found = set() if found is None else found
+  for eqn in jaxpr.eqns:
+    found.add(eqn.primitive.name)
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          _primitives(inner, found)
+  return found
+
+
+def uses_convolution(ensemble: Ensemble, params_members, state_members, x) -> bool:
+  """Whether a member's forward pass contains a convolution (abstract trace only)."""
+  apply_one = member_fn(ensemble)
+  one = lambda tree: jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+  xs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
+  jaxpr = jax.make_jaxpr(
+      lambda p, s, xx, k: apply_one({"params": p, "state": s}, xx, k, True))(
+          one(params_members), one(state_members), xs, jax.random.key(0))
+  return "conv_general_dilated" in _primitives(jaxpr.jaxpr)
+
+
+class ChunkedStep:
+  """The independent-regime step, chunk of members by chunk of members.
+
+  Two layouts of the same computation (same state, same logs):
+
+  * :meth:`pure`: one program; a ``fori_loop`` over chunks whose carry is the
+    member-stacked state, written in place chunk by chunk
+    (:func:`_over_chunks`). ``make_step(jit=True)`` jits it with the state
+    donated.
+  * :meth:`host`: a Python loop over chunks, each chunk one jitted call that
+    updates the donated state in place (the loop of single-member steps,
+    without splitting or restacking the state). Used for members with
+    convolutions: inside a ``while`` body XLA:CPU keeps the backward
+    convolutions in their generic, several times slower form.
+
+  Attributes:
+    pure: ``step(state, batch) -> (state, logs)``, unjitted.
+  """
+
+  def __init__(self, ensemble, tx, member_tx, *, loss, per_member, guard, guard_parts,
+               chunk, check):
+    self.ensemble, self.size = ensemble, ensemble.size
+    self.apply_one = member_fn(ensemble)
+    self.tx, self.member_tx, self.loss = tx, member_tx, loss
+    self.per_member, self.guard, self.guard_parts = per_member, guard, guard_parts
+    self.chunk, self.check = chunk, check
+    self._host_parts = {}
+    self._mode = None
+
+  # ------------------------------------------------------------------ maths
+
+  def compute(self, carried, rest, shared):
+    """One member's loss gradient: ``(grads, new BN state, loss)``."""
+    p, s, _ = carried
+    k, data = rest
+    xm, ym, mm = data if self.per_member else shared
+
+    def objective(q):
+      out, new_s = self.apply_one({"params": q, "state": s}, xm, k, True)
+      l = self.loss(out, ym, mm)
+      return l, (new_s, l)
+
+    grads, (new_s, l) = jax.grad(objective, has_aux=True)(p)
+    return grads, new_s, l
+
+  def _careful(self, p, s, o, grads, new_s, finite):
+    """``member_tx`` with every select (some member of the chunk is not finite)."""
+    updates, new_o = jax.vmap(self.member_tx.update)(grads, o, p)
+    new_p = optax.apply_updates(p, updates)
+    keep = lambda n, old: jax.tree.map(
+        lambda a, b: jnp.where(finite.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), n, old)
+    return keep(new_p, p), keep(new_s, s), new_o
+
+  def update(self, carried, out):
+    """Optimizer and guard for a chunk of ``[n, ...]`` arrays: ``(new_carried, (loss, finite))``."""
+    vmap = jax.vmap
+    p, s, o = carried
+    grads, new_s, l = out
+    if self.guard and self.guard_parts is not None:
+      verdict, inner, accept = self.guard_parts
+      # The guard's verdict alone: XLA keeps only its reductions (one pass
+      # that reads the gradients and the moments and writes nothing).
+      ok = vmap(lambda g, oo, pp: verdict(self.member_tx.update(g, oo, pp)[1]))(grads, o, p)
+      finite = jnp.isfinite(l) & ok
+
+      def fast(p, s, o, grads, new_s, finite):
+        # Every member of the chunk is finite: what member_tx and the selects
+        # would give, without the selects (which re-read every array).
+        del finite
+        updates, new_inner = vmap(self.tx.update)(grads, vmap(inner)(o), p)
+        return optax.apply_updates(p, updates), new_s, vmap(accept)(o, new_inner)
+
+      new = jax.lax.cond(jnp.all(finite), fast, self._careful, p, s, o, grads, new_s, finite)
+    elif self.guard:
+      finite = jnp.isfinite(l) & vmap(_all_finite)(grads)
+      new = self._careful(p, s, o, grads, new_s, finite)
+    else:
+      finite = jnp.isfinite(l) & vmap(_all_finite)(grads)
+      updates, new_o = vmap(self.member_tx.update)(grads, o, p)
+      new_p = optax.apply_updates(p, updates)
+      # No guard, but the same data flow: a select whose (always true)
+      # predicate reads every update makes XLA materialise the chunk's new
+      # values before writing them in place. Without it XLA recomputes the
+      # moments inside the params' in-place write, which still needs the old
+      # moments, and copies the full-size moments every chunk.
+      ok = vmap(_all_finite)(updates)
+      always = (ok | ~ok).reshape
+      keep = lambda n, old: jax.tree.map(
+          lambda a, b: jnp.where(always((-1,) + (1,) * (a.ndim - 1)), a, b), n, old)
+      new = (keep(new_p, p), new_s, keep(new_o, o))
+    return new, (l, finite)
+
+  # ------------------------------------------------------------------ layouts
+
+  def _begin(self, state, batch):
+    x, y, mask = batch["x"], jnp.asarray(batch["y"]), batch.get("mask")
+    check_stacked(state.params["members"], self.size, "params")
+    check_stacked(state.state, self.size, "state")
+    _check_batch(x, self.size, self.per_member)
+    if self.check is not None:
+      self.check(x, y)
+    members_opt = _members_opt_state(state.opt_state)
+    if members_opt is None:
+      raise ValueError("chunked step: the optimizer state is not make_optimizer's.")
+    chunk = (auto_chunk(self.ensemble, state.params["members"]) if self.chunk == "auto"
+             else int(self.chunk))
+    carried = (state.params["members"], state.state, members_opt)
+    data = (x, y, mask) if self.per_member else ()
+    shared = () if self.per_member else (x, y, mask)
+    return carried, data, shared, min(chunk, self.size)
+
+  def _end(self, state, key, carried, aux):
+    new_p, new_s, new_o = carried
+    member_loss, finite = aux
+    params = {"members": new_p, "fusion": state.params["fusion"]}
+    opt_state = _with_members_opt_state(state.opt_state, new_o)
+    logs = {"member_loss": member_loss, "finite": finite, "loss": jnp.sum(member_loss)}
+    return state._replace(step=state.step + 1, params=params, state=new_s,
+                          opt_state=opt_state, key=key), logs
+
+  def pure(self, state, batch):
+    """The whole step as one program (a ``fori_loop`` over chunks)."""
+    carried, data, shared, chunk = self._begin(state, batch)
+    key, sub = jax.random.split(state.key)
+    keys = jax.random.split(sub, self.size)  # as Ensemble.apply: member m gets keys[m]
+    carried, aux = _over_chunks(self.compute, self.update, carried, (keys, data), shared,
+                                self.size, chunk)
+    return self._end(state, key, carried, aux)
+
+  def host(self, state, batch, donate: bool = True):
+    """The step as one jitted call per chunk, the state updated in place."""
+    carried, data, shared, chunk = self._begin(state, batch)
+    if self.chunk == "auto":
+      chunk = 1  # a vmapped convolution is a grouped one, slower than one by one
+    key, keys, aux = self._host_start(state.key, carried, data, shared, chunk)
+    if not donate:
+      carried = _copy(carried)
+    for start in range(0, self.size, chunk):
+      n = min(chunk, self.size - start)
+      part = self._host_parts.get(n)
+      if part is None:
+        part = self._host_parts[n] = jax.jit(
+            lambda ca, au, rest, sh, st, n=n: _run_chunk(self.compute, self.update, ca, au,
+                                                         rest, sh, st, n),
+            donate_argnums=(0, 1))
+      carried, aux = part(carried, aux, (keys, data), shared, jnp.int32(start))
+    return _finish(self, state, key, carried, aux)
+
+  def _host_start(self, key, carried, data, shared, chunk):
+    if "start" not in self._host_parts:
+      size = self.size
+
+      def start(key, carried, data, shared):
+        key, sub = jax.random.split(key)
+        keys = jax.random.split(sub, size)
+        aux = _aux_zeros(self.compute, self.update, carried, (keys, data), shared, size,
+                         chunk)
+        return key, keys, aux
+
+      self._host_parts["start"] = jax.jit(start)
+    return self._host_parts["start"](key, carried, data, shared)
+
+  def jitted(self, donate: bool = True):
+    """``step(state, batch)``: the host layout for members with convolutions, else jit(pure)."""
+    pure = jax.jit(self.pure, donate_argnums=(0,) if donate else ())
+
+    def step(state, batch):
+      if self._mode is None:
+        conv = uses_convolution(self.ensemble, state.params["members"], state.state,
+                                batch["x"][0] if self.per_member else batch["x"])
+        self._mode = "host" if conv else "pure"
+      if self._mode == "host":
+        return self.host(state, batch, donate)
+      return pure(state, batch)
+
+    step.lower = pure.lower  # the single-program layout, for inspection
+    return step
+
+
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+@jax.jit
+def _finish_jit(step, member_loss):
+  return step + 1, jnp.sum(member_loss)
+
+
+def _finish(chunked: ChunkedStep, state, key, carried, aux):
+  new_p, new_s, new_o = carried
+  member_loss, finite = aux
+  step, loss = _finish_jit(state.step, member_loss)
+  params = {"members": new_p, "fusion": state.params["fusion"]}
+  opt_state = _with_members_opt_state(state.opt_state, new_o)
+  logs = {"member_loss": member_loss, "finite": finite, "loss": loss}
+  del chunked
+  return state._replace(step=step, params=params, state=new_s, opt_state=opt_state,
+                        key=key), logs
+
+
+def make_chunked_step(ensemble: Ensemble, tx: optax.GradientTransformation,
+                      member_tx: optax.GradientTransformation, *, loss: Callable,
+                      per_member: bool, guard: bool, guard_parts=None,
+                      chunk: Any = "auto", check: Optional[Callable] = None
+                      ) -> Optional[ChunkedStep]:
+  """The independent-regime step, chunk of members by chunk of members.
+
+  Args:
+    ensemble: a homogeneous ensemble from :func:`~fusionjax.ensemble.from_fn`.
+    tx: the single-member optax transform.
+    member_tx: the single-member transform exactly as ``per_member`` applies
+      it (``skip_nonfinite(tx)`` when guarded), so the state is the same.
+    loss: ``(outputs [B, C], y [B], mask) -> scalar``.
+    per_member: batches are ``[M, B, ...]``.
+    guard: keep the params and BatchNorm statistics of a member whose loss or
+      update is not finite (as the vmapped step does).
+    guard_parts: for a guarded ``member_tx``, ``(verdict, inner, accept)``:
+      ``verdict(state)`` is its ``ok`` flag, ``inner(state)`` the state of
+      ``tx`` inside, ``accept(state, new_inner)`` the state after an accepted
+      update. With them a chunk whose members are all finite commits the plain
+      ``tx`` update (no selects); otherwise it runs ``member_tx`` as is.
+    chunk: members per chunk (``int``), or ``'auto'`` (:func:`auto_chunk`).
+    check: ``(x, y) -> None`` shape check run at trace time.
+
+  Returns:
+    A :class:`ChunkedStep`, or ``None`` when the ensemble is not a plain
+    ``from_fn`` ensemble.
+  """
+  if member_fn(ensemble) is None:
+    return None
+  return ChunkedStep(ensemble, tx, member_tx, loss=loss, per_member=per_member, guard=guard,
+                     guard_parts=guard_parts, chunk=chunk, check=check)
+
+
+def make_chunked_predict(ensemble: Ensemble, fusion=None, chunk: Any = "auto"
+                         ) -> Optional[Callable]:
+  """``predict(state, x) -> (outputs [M, B, C], fused or None)`` over chunks of members.
+
+  Returns ``None`` when the ensemble is not a plain ``from_fn`` ensemble.
+  """
+  apply_one = member_fn(ensemble)
+  if apply_one is None:
+    return None
+  size = ensemble.size
+
+  def predict(state, x):
+    check_stacked(state.params["members"], size, "params")
+    _check_batch(x, size, False)
+    if chunk != "auto":
+      c = int(chunk)
+    elif uses_convolution(ensemble, state.params["members"], state.state, x):
+      c = 1  # a vmapped convolution is a grouped one, slower than one by one
+    else:
+      c = auto_chunk(ensemble, state.params["members"], opt_slots=0)
+    compute = lambda carried, rest, xx: apply_one(
+        {"params": rest[0], "state": rest[1]}, xx, None, False)[0]
+    update = lambda carried, out: ((), out)
+    _, out = _over_chunks(compute, update, (),
+                          (state.params["members"], state.state), x, size, c)
+    fused = None if fusion is None else fusion.apply(state.params["fusion"], out, x=x)
+    return out, fused
+
+  return predict
