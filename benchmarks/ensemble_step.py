@@ -1,33 +1,53 @@
-"""Training throughput of the stacked ensemble step against a loop of single steps.
+"""Training throughput of the stacked ensemble step against loops and PyTorch peers.
 
-    python benchmarks/ensemble_step.py [--members 1 4 16 64] [--models digits_mlp mnist_mlp]
-                                       [--repeats 7] [--steps 10] [--out benchmarks/results/ensemble_step.json]
+    python benchmarks/ensemble_step.py [--models digits_mlp mnist_mlp cnn]
+        [--members 1 4 16 64] [--cycles 5] [--out benchmarks/results/ensemble_step.json]
 
-For each model and ensemble size M it measures member-samples per second
-(M * batch / step time) of
+For each model and ensemble size M, in one process and interleaved (ABAB...):
 
-* ``stacked``: fusionjax's one jitted step for all members (``make_step``),
-* ``loop``: a Python loop over M single-member jitted steps (flax + optax),
+* ``fj``: fusionjax's stacked step, ``fj.train.make_step(ens, adam)`` as shipped
+  (members laid out in cache-sized chunks, ``member_chunk='auto'``);
+* ``fj_vmap``: the same step as one vmap over all members (``member_chunk=None``),
+  the layout before the chunked step;
+* ``jax_loop``: a Python loop of M single-member jitted steps (flax + optax);
+* ``jax_loop_guarded``: the same loop with fusionjax's non-finite guard
+  (``skip_nonfinite`` and the kept params), i.e. the stacked step's semantics;
+* ``torch_loop``: M ``nn.Module`` s, each with its own ``torch.optim.Adam``;
+* ``torch_func``: ``torch.func.stack_module_state`` + ``vmap`` +
+  ``functional_call`` with one Adam over the stacked parameters;
+* ``torchensemble``: ``torchensemble.VotingClassifier`` (its own ``fit`` over
+  pre-batched tensors, one epoch of K steps per timed call);
+* ``gemm``: one 2048^3 float32 matmul through JAX, the machine's GEMM peak under
+  the load of the same cycle.
 
-interleaved in the same run (ABAB... cycles), and reports medians and the
-median of per-cycle ratios. Batch 128, Adam, synthetic inputs of the model's
-shape (data loading is benchmarked in ``data_loader.py``).
+Batch 128, Adam(1e-3), synthetic inputs of the model's shape (data loading is
+benchmarked in ``data_loader.py``). Throughput is member-samples/s = M * 128 /
+step time (median over cycles); ratios are medians of per-cycle ratios.
+GFLOP/s counts the MLP's matmul FLOPs exactly (``_common.mlp_flops``) and the
+CNN's convolution + dense FLOPs (``_common.cnn_flops``); % of peak is the median
+over cycles of (achieved / GEMM peak of that cycle). The PyTorch peers are
+skipped, with a note, when torch (or torchensemble) is not installed.
 """
 import argparse
-import json
+import contextlib
+import io
 import os
-import platform
-import statistics
 import sys
 import time
+import types
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fusionjax as fj
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
+import _common as C  # noqa: E402
+import fusionjax as fj  # noqa: E402
+from fusionjax.train import _fast  # noqa: E402
+
+BATCH = 128
 MODELS = {
     "digits_mlp": ((8, 8, 1), lambda: fj.models.MLP(10, (256, 256))),
     "mnist_mlp": ((28, 28, 1), lambda: fj.models.MLP(10, (256, 256))),
@@ -35,31 +55,46 @@ MODELS = {
 }
 
 
-def _time(fn, steps):
-  t = time.perf_counter()
-  out = None
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t) / steps
+def flops_per_sample(model: str, train: bool = True) -> float:
+  if model in C.MLP_DIMS:
+    return C.mlp_flops(C.MLP_DIMS[model], train)
+  return C.cnn_flops(train=train)
 
 
-def bench(model_name, m, batch, repeats, steps):
-  shape, make = MODELS[model_name]
+# --------------------------------------------------------------------------- JAX
+
+
+def jax_variants(model, m, x, y):
+  shape, make = MODELS[model]
+  del shape
   module = make()
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
-  y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
   tx = optax.adam(1e-3)
-
   ens = fj.ensemble.from_linen(module, m)
-  state = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1])}
-  step = fj.train.make_step(ens, tx)
-  batch_d = {"x": x, "y": y}
+  batch = {"x": x, "y": y}
+  out, info = {}, {}
+  layouts = (("fj", "auto"), ("fj_vmap", None))
+  if model == "cnn" and m > 4:
+    # One vmap over M CNNs makes every convolution a grouped one, which XLA:CPU
+    # runs ~25x slower than M plain ones (22 s a step at M=16): not timed.
+    layouts = layouts[:1]
+  for name, chunk in layouts:
+    state = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1])}
+    step = fj.train.make_step(ens, tx, member_chunk=chunk)
+    t = time.perf_counter()
+    state["s"], logs = step(state["s"], batch)
+    jax.block_until_ready(logs)
+    info[f"{name}_first_step_s"] = time.perf_counter() - t
 
-  def stacked():
-    state["s"], logs = step(state["s"], batch_d)
-    return logs["loss"]
+    def run(step=step, state=state):
+      state["s"], logs = step(state["s"], batch)
+      jax.block_until_ready(logs["loss"])
+
+    out[name] = run
+  st0 = fj.train.init(ens, tx, jax.random.key(0), x[:1])
+  if _fast.uses_convolution(ens, st0.params["members"], st0.state, x):
+    info["chunk"] = "1, host loop"
+  else:
+    info["chunk"] = str(_fast.auto_chunk(ens, st0.params["members"]))
 
   singles = [module.init(jax.random.key(i), x[:1])["params"] for i in range(m)]
   opts = [tx.init(p) for p in singles]
@@ -73,66 +108,237 @@ def bench(model_name, m, batch, repeats, steps):
     return optax.apply_updates(p, u), o, l
 
   def loop():
-    out = None
+    last = None
     for i in range(m):
-      singles[i], opts[i], out = single_step(singles[i], opts[i], x, y)
+      singles[i], opts[i], last = single_step(singles[i], opts[i], x, y)
+    jax.block_until_ready(last)
+
+  loop()
+  out["jax_loop"] = loop
+
+  # The same loop with fusionjax's per-member non-finite guard (the semantics
+  # of the stacked step): skip_nonfinite around Adam, params kept on a
+  # non-finite loss or update.
+  gtx = fj.train.skip_nonfinite(tx)
+  gsingles = [module.init(jax.random.key(i), x[:1])["params"] for i in range(m)]
+  gopts = [gtx.init(p) for p in gsingles]
+
+  @jax.jit
+  def guarded_step(p, o, x, y):
+    loss = lambda q: optax.softmax_cross_entropy_with_integer_labels(
+        module.apply({"params": q}, x), y).mean()
+    l, g = jax.value_and_grad(loss)(p)
+    u, o = gtx.update(g, o, p)
+    ok = o.ok & jnp.isfinite(l)
+    new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), optax.apply_updates(p, u), p)
+    return new, o, l
+
+  def gloop():
+    last = None
+    for i in range(m):
+      gsingles[i], gopts[i], last = guarded_step(gsingles[i], gopts[i], x, y)
+    jax.block_until_ready(last)
+
+  gloop()
+  out["jax_loop_guarded"] = gloop
+  return out, info
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+def torch_module(torch, model):
+  nn = torch.nn
+  if model in C.MLP_DIMS:
+    d = C.MLP_DIMS[model]
+    layers = [nn.Flatten()]
+    for a, b in zip(d[:-1], d[1:]):
+      layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+  return nn.Sequential(
+      nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Conv2d(8, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Flatten(), nn.Linear(7 * 7 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def torch_variants(torch, model, m, x_np, y_np, te_steps):
+  F = torch.nn.functional
+  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x_np, -1, 1)))  # NCHW
+  y = torch.from_numpy(y_np.astype(np.int64))
+  torch.manual_seed(0)
+  out = {}
+
+  models = [torch_module(torch, model) for _ in range(m)]
+  opts = [torch.optim.Adam(mod.parameters(), lr=1e-3) for mod in models]
+
+  def loop():
+    for mod, opt in zip(models, opts):
+      opt.zero_grad(set_to_none=True)
+      F.cross_entropy(mod(x), y).backward()
+      opt.step()
+
+  out["torch_loop"] = loop
+
+  from torch.func import functional_call, stack_module_state, vmap  # pylint: disable=g-import-not-at-top
+  fmodels = [torch_module(torch, model) for _ in range(m)]
+  params, buffers = stack_module_state(fmodels)
+  base = torch_module(torch, model).to("meta")
+  fopt = torch.optim.Adam(list(params.values()), lr=1e-3)
+  call = lambda p, b, xx: functional_call(base, (p, b), (xx,))
+  ym = y.repeat(m)
+
+  def func():
+    fopt.zero_grad(set_to_none=True)
+    logits = vmap(call, in_dims=(0, 0, None))(params, buffers, x)  # [M, B, C]
+    # Sum over members of each member's mean loss: M independent problems.
+    (F.cross_entropy(logits.flatten(0, 1), ym, reduction="sum") / x.shape[0]).backward()
+    fopt.step()
+
+  out["torch_func"] = func
+
+  try:
+    import torchensemble  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print("note: torchensemble is not installed; its VotingClassifier is skipped "
+          "(pip install --no-deps torchensemble).")
     return out
 
-  t0 = time.perf_counter()
-  jax.block_until_ready(stacked())
-  compile_s = time.perf_counter() - t0
-  jax.block_until_ready(loop())
-  ts, tl = [], []
-  for _ in range(repeats):
-    ts.append(_time(stacked, steps))
-    tl.append(_time(loop, steps))
-  ratios = [b / a for a, b in zip(ts, tl)]
-  return {
-      "model": model_name, "members": m, "batch": batch,
-      "stacked_step_ms": 1e3 * statistics.median(ts),
-      "loop_step_ms": 1e3 * statistics.median(tl),
-      "stacked_member_samples_per_s": m * batch / statistics.median(ts),
-      "loop_member_samples_per_s": m * batch / statistics.median(tl),
-      "speedup_median_of_ratios": statistics.median(ratios),
-      "speedup_min": min(ratios), "speedup_max": max(ratios),
-      "first_step_s": compile_s,
-  }
+  class Batches(list):
+    dataset = types.SimpleNamespace(classes=list(range(10)))
+
+  loader = Batches([(x, y)] * te_steps)
+  make = lambda: torch_module(torch, model)
+
+  class Estimator(torch.nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.net = make()
+
+    def forward(self, xx):
+      return self.net(xx)
+
+  def voting():
+    ens = torchensemble.VotingClassifier(estimator=Estimator, n_estimators=m, cuda=False,
+                                         n_jobs=1)
+    ens.set_optimizer("Adam", lr=1e-3)
+    with contextlib.redirect_stdout(io.StringIO()):
+      ens.fit(loader, epochs=1, log_interval=10 ** 9, save_model=False)
+
+  out["torchensemble"] = voting
+  return out
 
 
-def machine():
-  return {"platform": platform.platform(), "processor": platform.processor(),
-          "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-          "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()]}
+# --------------------------------------------------------------------------- driver
+
+
+def bench(model, m, cycles, torch, target_s):
+  shape, _ = MODELS[model]
+  rng = np.random.default_rng(0)
+  x_np = rng.normal(size=(BATCH, *shape)).astype(np.float32)
+  y_np = rng.integers(0, 10, BATCH).astype(np.int32)
+  x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+  variants, info = jax_variants(model, m, x, y)
+  steps_per_call = {k: 1 for k in variants}
+  te_steps = 2 if model == "cnn" else 8
+  if torch is not None:
+    tv = torch_variants(torch, model, m, x_np, y_np, te_steps)
+    for k, v in tv.items():
+      v()  # warm up
+      variants[k] = v
+      steps_per_call[k] = te_steps if k == "torchensemble" else 1
+  gemm, gemm_flops = C.gemm_runner()
+  variants["gemm"] = gemm
+  times = C.interleave(variants, cycles, target_s=target_s)
+  step_t = {k: [t / steps_per_call.get(k, 1) for t in v] for k, v in times.items() if k != "gemm"}
+  peak = [gemm_flops / t / 1e9 for t in times["gemm"]]
+  fl = flops_per_sample(model) * m * BATCH
+  row = {"model": model, "members": m, "batch": BATCH, "chunk": info["chunk"],
+         "gemm_peak_gflops": C.med(peak), "cycles": cycles,
+         "first_step_s": info["fj_first_step_s"],
+         "fj_vmap_first_step_s": info.get("fj_vmap_first_step_s"),
+         "flops_per_step": fl}
+  for k, v in step_t.items():
+    row[f"{k}_ms"] = 1e3 * C.med(v)
+    row[f"{k}_msps"] = m * BATCH / C.med(v)
+    if k != "fj":
+      row[f"fj_vs_{k}"] = C.ratio(v, step_t["fj"])  # their time / ours = our speed-up
+  row["fj_gflops"] = fl / C.med(step_t["fj"]) / 1e9
+  row["fj_pct_peak"] = 100 * C.med([fl / t / 1e9 / p for t, p in zip(step_t["fj"], peak)])
+  if "fj_vmap" in step_t:
+    row["fj_vmap_pct_peak"] = 100 * C.med([fl / t / 1e9 / p
+                                           for t, p in zip(step_t["fj_vmap"], peak)])
+  row["jax_loop_pct_peak"] = 100 * C.med([fl / t / 1e9 / p
+                                          for t, p in zip(step_t["jax_loop"], peak)])
+  return row
+
+
+COLUMNS = [
+    ("model", "model", None), ("M", "members", None), ("chunk", "chunk", None),
+    ("fj ms", "fj_ms", "{:.2f}"), ("fj member-samples/s", "fj_msps", "{:,.0f}"),
+    ("vs fj_vmap", lambda r: r.get("fj_vs_fj_vmap", {}).get("median"), "{:.2f}x"),
+    ("vs jax_loop", lambda r: r["fj_vs_jax_loop"]["median"], "{:.2f}x"),
+    ("(min-max)", lambda r: "{:.2f}-{:.2f}".format(r["fj_vs_jax_loop"]["min"],
+                                                   r["fj_vs_jax_loop"]["max"]), None),
+    ("vs guarded jax_loop", lambda r: r["fj_vs_jax_loop_guarded"]["median"], "{:.2f}x"),
+    ("vs torch_loop", lambda r: r.get("fj_vs_torch_loop", {}).get("median"), "{:.2f}x"),
+    ("vs torch_func", lambda r: r.get("fj_vs_torch_func", {}).get("median"), "{:.2f}x"),
+    ("vs torchensemble", lambda r: r.get("fj_vs_torchensemble", {}).get("median"), "{:.2f}x"),
+    ("fj GFLOP/s", "fj_gflops", "{:.1f}"), ("fj % peak", "fj_pct_peak", "{:.0f}%"),
+    ("vmap % peak", "fj_vmap_pct_peak", "{:.0f}%"), ("loop % peak", "jax_loop_pct_peak", "{:.0f}%"),
+    ("GEMM peak GFLOP/s", "gemm_peak_gflops", "{:.0f}"),
+]
+
+MS_COLUMNS = [
+    ("model", "model", None), ("M", "members", None),
+    ("fj", "fj_msps", "{:,.0f}"), ("fj_vmap", "fj_vmap_msps", "{:,.0f}"),
+    ("jax_loop", "jax_loop_msps", "{:,.0f}"),
+    ("guarded jax_loop", "jax_loop_guarded_msps", "{:,.0f}"),
+    ("torch_loop", "torch_loop_msps", "{:,.0f}"),
+    ("torch_func", "torch_func_msps", "{:,.0f}"),
+    ("torchensemble", "torchensemble_msps", "{:,.0f}"),
+]
+
+
+def render(result) -> str:
+  rows = result["rows"]
+  return ("Speed-ups are the peer's step time over fusionjax's (median of per-cycle ratios; "
+          ">1 means fusionjax is faster).\n\n" + C.table(rows, COLUMNS) +
+          "\n\nThroughput, member-samples/s (M x 128 / median step time):\n\n" +
+          C.table(rows, MS_COLUMNS))
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
   p.add_argument("--members", type=int, nargs="+", default=[1, 4, 16, 64])
-  p.add_argument("--models", nargs="+", default=["digits_mlp", "mnist_mlp"], choices=list(MODELS))
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=7)
-  p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--out", default="benchmarks/results/ensemble_step.json")
+  p.add_argument("--cycles", type=int, default=5)
+  p.add_argument("--target-s", type=float, default=0.2,
+                 help="seconds per variant per cycle")
+  p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--out", default="ensemble_step")
   args = p.parse_args(argv)
+  torch = None if args.no_torch else C.torch_or_none()
+  mach = C.machine()
+  gemm, gemm_flops = C.gemm_runner()
+  stream, stream_bytes = C.stream_runner()
+  pt = C.interleave({"gemm": gemm, "stream": stream}, args.cycles, target_s=0.3)
+  peaks = {"gemm_gflops": C.med([gemm_flops / t / 1e9 for t in pt["gemm"]]),
+           "stream_gbps": C.med([stream_bytes / t / 1e9 for t in pt["stream"]])}
+  print(f"GEMM peak {peaks['gemm_gflops']:.0f} GFLOP/s, memory bandwidth "
+        f"{peaks['stream_gbps']:.1f} GB/s", flush=True)
   rows = []
-  print(f"{'model':<11}{'M':>4}{'stacked ms':>12}{'loop ms':>10}{'stacked ms/s':>14}"
-        f"{'loop ms/s':>12}{'ratio':>7}{' (min-max)':>12}{'1st step s':>11}")
-  for name in args.models:
+  for model in args.models:
     for m in args.members:
-      r = bench(name, m, args.batch, args.repeats, args.steps)
+      cycles = max(3, args.cycles - 2) if model == "cnn" else args.cycles
+      r = bench(model, m, cycles, torch, args.target_s)
       rows.append(r)
-      print(f"{name:<11}{m:>4}{r['stacked_step_ms']:>12.2f}{r['loop_step_ms']:>10.2f}"
-            f"{r['stacked_member_samples_per_s']:>14.0f}{r['loop_member_samples_per_s']:>12.0f}"
-            f"{r['speedup_median_of_ratios']:>7.2f} ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})"
-            f"{r['first_step_s']:>11.2f}", flush=True)
-  print("member-samples/s = M * batch / median step time; ratio = loop time / stacked time, "
-        "median of per-cycle ratios")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"command": "python " + " ".join(sys.argv), "machine": machine(), "rows": rows},
-              f, indent=1)
-  print(f"wrote {args.out}")
+      print(C.table([r], COLUMNS).splitlines()[-1] if rows[:-1] else C.table([r], COLUMNS),
+            flush=True)
+  result = {"rows": rows, "machine": mach, "cycles": args.cycles, "peaks": peaks}
+  print()
+  print(render(result))
+  C.write(args.out, result)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""Runs the benchmark suite and rebuilds RESULTS.md: ``python benchmarks/run_all.py [--quick]``.
+
+Each script runs in its own process (fresh JIT caches and memory) and writes
+``benchmarks/results/<name>.json``; ``report.py`` then writes ``RESULTS.md``
+from those files only. About 15 minutes on a shared 2-core CPU; ``--quick``
+(M in {1, 16}, 3 cycles) is a smoke run of a few minutes.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--only", nargs="+", default=None,
+                 help="run only these scripts (e.g. inference cascade)")
+  args = p.parse_args(argv)
+  members = ["--members", "1", "16"] if args.quick else []
+  cycles = ["--cycles", "3"] if args.quick else []
+  scripts = [
+      ("ensemble_step", members + cycles),
+      ("inference", members + cycles),
+      ("cascade", (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
+      ("compile_memory", ["--members", "1", "16"] if args.quick else []),
+      ("chunk_sweep", ["--members", "16"] + cycles + ["--models", "digits_mlp", "mnist_mlp"]),
+  ]
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  t0 = time.time()
+  failed = []
+  for name, extra in scripts:
+    if args.only and name not in args.only:
+      continue
+    cmd = [sys.executable, os.path.join("benchmarks", f"{name}.py")] + extra
+    print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+    t = time.time()
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
+    print(f"=== {name}: {time.time() - t:.0f} s (rc={rc})", flush=True)
+    if rc:
+      failed.append(name)
+  subprocess.check_call([sys.executable, os.path.join("benchmarks", "report.py")], cwd=ROOT,
+                        env=env)
+  print(f"\nsuite: {time.time() - t0:.0f} s; failed: {failed or 'none'}")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,112 @@
+"""Figure 7: training throughput (member-samples/s) against M, stacked step vs a loop.
+
+The numbers are the benchmark's (``benchmarks/ensemble_step.py``, owned by the
+benchmarks): when ``benchmarks/results/ensemble_step.json`` exists its rows are
+copied with their machine and command (normalised to ``model, members,
+stacked_member_samples_per_s, loop_member_samples_per_s``). Otherwise (and in
+smoke mode) a minimal version of the same measurement runs here: fusionjax's
+stacked step (``fj.train.make_step``) against a Python loop over M jitted
+single-member flax + optax steps, batch ``batch``, synthetic inputs, median over
+``repeats`` timings of ``steps`` steps each.
+"""
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fusionjax as fj
+from experiments.tasks import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "benchmarks" / "results" / "ensemble_step.json"
+ALIASES = {"stacked_member_samples_per_s": ("stacked_member_samples_per_s", "fj_msps"),
+           "loop_member_samples_per_s": ("loop_member_samples_per_s", "jax_loop_msps")}
+MODELS = {"digits_mlp": ((8, 8, 1), dict(name="mlp", features=[256, 256])),
+          "mnist_mlp": ((28, 28, 1), dict(name="mlp", features=[256, 256]))}
+
+
+def normalise(rows):
+  out = []
+  for r in rows:
+    row = dict(r)
+    for key, names in ALIASES.items():
+      val = next((r[n] for n in names if n in r), None)
+      if val is None:
+        raise KeyError(f"{SOURCE}: a row lacks any of {names}: {sorted(r)}")
+      row[key] = val
+    out.append(row)
+  return out
+
+
+def _median_time(fn, steps, repeats):
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = None
+    for _ in range(steps):
+      out = fn()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t) / steps)
+  return statistics.median(times)
+
+
+def measure(model: str, m: int, batch: int, repeats: int, steps: int) -> dict:
+  shape, spec = MODELS[model]
+  module = common.make_module(spec)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+  tx = optax.adam(1e-3)
+  ens = fj.ensemble.from_linen(module, m)
+  box = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1])}
+  step = fj.train.make_step(ens, tx)
+
+  def stacked():
+    box["s"], logs = step(box["s"], {"x": x, "y": y})
+    return logs["loss"]
+
+  params = [module.init(jax.random.key(i), x[:1])["params"] for i in range(m)]
+  opts = [tx.init(p) for p in params]
+
+  @jax.jit
+  def single(p, o):
+    loss = lambda q: optax.softmax_cross_entropy_with_integer_labels(
+        module.apply({"params": q}, x), y).mean()
+    l, g = jax.value_and_grad(loss)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, l
+
+  def loop():
+    out = None
+    for i in range(m):
+      params[i], opts[i], out = single(params[i], opts[i])
+    return out
+
+  jax.block_until_ready(stacked())
+  jax.block_until_ready(loop())
+  ts, tl = _median_time(stacked, steps, repeats), _median_time(loop, steps, repeats)
+  return {"model": model, "members": m, "batch": batch, "stacked_step_ms": 1e3 * ts,
+          "loop_step_ms": 1e3 * tl, "stacked_member_samples_per_s": m * batch / ts,
+          "loop_member_samples_per_s": m * batch / tl}
+
+
+def run(cfg, data_dir, timer):
+  del data_dir
+  if SOURCE.exists() and not cfg.get("measure", False):
+    with open(SOURCE) as f:
+      bench = json.load(f)
+    rows = bench["rows"] if isinstance(bench, dict) else bench
+    return {"source": str(SOURCE.relative_to(ROOT)), "command": bench.get("command"),
+            "machine": bench.get("machine"), "rows": normalise(rows)}
+  rows = []
+  with timer("measure"):
+    for model in cfg["models"]:
+      for m in cfg["members"]:
+        rows.append(measure(model, m, cfg["batch"], cfg["repeats"], cfg["steps"]))
+  return {"source": "experiments/tasks/throughput.py (benchmarks/results/ensemble_step.json "
+                    "was missing)", "command": None, "machine": common.machine(), "rows": rows}
