@@ -137,6 +137,7 @@ def test_no_retrace_on_second_call():
 
   for _ in range(3):
     state, _ = jstep(state, {"x": X, "y": Y})
+  assert jstep._cache_size() == 1
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, "auto"])
