@@ -236,7 +236,13 @@ def table(rows: List[dict], columns: List[tuple]) -> str:
 
 
 def torch_or_none():
-  """``torch`` with its threads set to the core count, or None (with a printed note)."""
+  """``torch`` with its threads set to the core count, or None (with a printed note).
+
+  OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, unless set):
+  with busy-waiting threads on a shared 2-core machine a torch MLP step took
+  60-300 ms instead of 10-15 ms, which would be an unfair peer.
+  """
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:

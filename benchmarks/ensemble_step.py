@@ -240,7 +240,7 @@ def bench(model, m, cycles, torch, target_s):
   x, y = jnp.asarray(x_np), jnp.asarray(y_np)
   variants, info = jax_variants(model, m, x, y)
   steps_per_call = {k: 1 for k in variants}
-  te_steps = 2 if model == "cnn" else 8
+  te_steps = 2 if model == "cnn" or m >= 16 else 8  # steps per torchensemble fit() call
   if torch is not None:
     tv = torch_variants(torch, model, m, x_np, y_np, te_steps)
     for k, v in tv.items():

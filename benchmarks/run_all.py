@@ -3,7 +3,8 @@
 Each script runs in its own process (fresh JIT caches and memory) and writes
 ``benchmarks/results/<name>.json``; ``report.py`` then writes ``RESULTS.md``
 from those files only. About 15 minutes on a shared 2-core CPU; ``--quick``
-(M in {1, 16}, 3 cycles) is a smoke run of a few minutes.
+(M in {1, 16}, 3 cycles) is a shorter smoke run; ``--with-sweep`` adds
+``chunk_sweep.py``.
 """
 import argparse
 import os
@@ -18,6 +19,8 @@ ROOT = os.path.dirname(HERE)
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true")
+  p.add_argument("--with-sweep", action="store_true",
+                 help="also run chunk_sweep.py (member_chunk against speed; ~5 min)")
   p.add_argument("--only", nargs="+", default=None,
                  help="run only these scripts (e.g. inference cascade)")
   args = p.parse_args(argv)
@@ -28,8 +31,10 @@ def main(argv=None):
       ("inference", members + cycles),
       ("cascade", (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
       ("compile_memory", ["--members", "1", "16"] if args.quick else []),
-      ("chunk_sweep", ["--members", "16"] + cycles + ["--models", "digits_mlp", "mnist_mlp"]),
   ]
+  if args.with_sweep or (args.only and "chunk_sweep" in args.only):
+    scripts.append(("chunk_sweep", ["--members", "16", "64", "--models", "digits_mlp",
+                                    "mnist_mlp"] + cycles))
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   t0 = time.time()

@@ -63,7 +63,7 @@ def _bucket(n: int, bucket: int, cap: int) -> int:
 
 
 def cascade_predict(ensemble: Ensemble, state, x, thresholds, confidence: str = "max_prob",
-                    bucket: int = 64) -> Tuple[jax.Array, jax.Array]:
+                    bucket: int = 64, answer: str = "member") -> Tuple[jax.Array, jax.Array]:
   """Early-exit prediction: each member is a stage, run only where still needed.
 
   Stage ``s`` is member ``s`` (member order). A sample exits at the first stage
@@ -74,6 +74,13 @@ def cascade_predict(ensemble: Ensemble, state, x, thresholds, confidence: str = 
   ``bucket * 2**k`` rows (at most the batch; so at most ``log2(B / bucket) + 2``
   shapes compile, once), and the padding rows are dropped.
 
+  With ``answer='member'`` stage ``s`` answers with member ``s``'s
+  probabilities (the rule of :func:`fusionjax.fusion.cascade`). With
+  ``answer='running_mean'`` it answers with the mean of members ``0..s``'s
+  probabilities (a cascade of growing ensembles, Wang et al. 2022): the
+  confidence is that mean's, and the last stage is the full ensemble's mean.
+  Either way stage ``s`` runs one member, on the remaining samples only.
+
   Args:
     ensemble: a ``from_fn`` / ``from_linen`` / ``from_nnx`` ensemble.
     state: a :class:`~fusionjax.train.TrainState` (or anything with
@@ -82,6 +89,7 @@ def cascade_predict(ensemble: Ensemble, state, x, thresholds, confidence: str = 
     thresholds: ``M - 1`` numbers in ``[0, 1]``, or one for every stage.
     confidence: ``'max_prob'`` or ``'margin'``.
     bucket: the smallest padded size.
+    answer: ``'member'`` or ``'running_mean'`` (see above).
 
   Returns:
     ``(log_probs [B, C], stage [B] int32)``: the answering member's
@@ -112,6 +120,8 @@ def cascade_predict(ensemble: Ensemble, state, x, thresholds, confidence: str = 
   if confidence not in _CONFIDENCES:
     raise errors.ThresholdError(
         f"cascade_predict: confidence={confidence!r}; use one of {_CONFIDENCES}.")
+  if answer not in ("member", "running_mean"):
+    raise ValueError(f"cascade_predict: answer={answer!r}; use 'member' or 'running_mean'.")
   if not isinstance(bucket, int) or bucket < 1:
     raise ValueError(f"cascade_predict: bucket={bucket!r} must be a positive int.")
   m = ensemble.size
@@ -121,7 +131,7 @@ def cascade_predict(ensemble: Ensemble, state, x, thresholds, confidence: str = 
   fn = _stage_fn(apply_one)
   params, mstate = state.params["members"], state.state
   remaining = np.arange(b)
-  log_probs, stage = None, np.full((b,), m - 1, np.int32)
+  log_probs, stage, total = None, np.full((b,), m - 1, np.int32), None
   for s in range(m):
     n = remaining.shape[0]
     if n == 0:
@@ -133,6 +143,13 @@ def cascade_predict(ensemble: Ensemble, state, x, thresholds, confidence: str = 
     lp, top2 = np.asarray(lp)[:n], np.asarray(top2)[:n]
     if log_probs is None:
       log_probs = np.zeros((b, lp.shape[-1]), lp.dtype)
+      total = np.zeros((b, lp.shape[-1]), lp.dtype) if answer == "running_mean" else None
+    if total is not None:  # the mean of members 0..s's probabilities
+      total[remaining] += np.exp(lp)
+      mean = total[remaining] / np.float32(s + 1)
+      with np.errstate(divide="ignore"):
+        lp = np.log(mean)
+      top2 = -np.sort(-mean, axis=-1)[:, :2]
     conf = top2[:, 0] if confidence == "max_prob" else top2[:, 0] - top2[:, 1]
     done = np.ones((n,), bool) if s == m - 1 else conf >= np.float32(t[s])
     log_probs[remaining[done]] = lp[done]

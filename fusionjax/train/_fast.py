@@ -1,29 +1,36 @@
 """Cache-blocked layouts of the stacked step and of prediction (same maths, same state).
 
-The plain stacked step vmaps the member over every operation: XLA then runs
-each layer's GEMM for all members, then each elementwise pass (ReLU masks,
-Adam's moments, the non-finite guard's ``where``) over all ``M`` members'
-arrays. With ``M = 16`` MNIST MLPs (4.3 M parameters) each such pass streams
-~17 MB per array through main memory, and the Adam update plus the guard make
-about twenty of them a step: the step is memory bound.
+The plain stacked step vmaps the member over every operation: XLA runs each
+layer's GEMM for all M members, then each elementwise pass (ReLU masks, Adam's
+moments, the non-finite guard's selects) over all members' arrays. With M = 16
+MNIST MLPs (4.3 M parameters) each pass streams ~17 MB per array through
+memory, the first layer's weights and weight gradients are transposed into
+one GEMM against the concatenated weights, and XLA's ~56 MB of temporaries are
+mmap-ed and page-faulted on every call (over glibc's 32 MB mmap threshold).
 
-Here the whole single-member step (forward, backward, optimizer update, guard)
-is the body of a ``lax.map`` over chunks of ``chunk`` members, vmapped inside a
-chunk. A chunk's parameters, gradients and moments stay in the CPU caches
-between the passes, the GEMMs are ordinary 2-D GEMMs, and it is still one
-jitted call, with no per-member dispatch. ``chunk = M`` is the plain vmap;
-``chunk = 1`` a sequential loop over members inside XLA.
+Here the single-member step (forward, backward, optimizer, guard) runs chunk of
+members by chunk of members while the chunk's arrays are in cache, and writes
+the chunk back into the donated state in place:
+
+* in one program, a ``fori_loop`` over chunks whose carry is the state
+  (:func:`_over_chunks`); a chunk of one member is the plain single-member
+  program, a larger chunk is vmapped with the shared batch broadcast (batched
+  dots, no transposes);
+* for members with convolutions, one jitted call per chunk from a host loop
+  (:meth:`ChunkedStep.host`): inside a ``while`` body XLA:CPU keeps backward
+  convolutions in a generic form ~3x slower, and vmapped convolutions become
+  grouped ones.
+
+The guard costs one read-only pass (its verdict); when every member of a chunk
+is finite the plain update commits without selects (``lax.cond``), otherwise
+``skip_nonfinite`` runs as is.
 
 The step reads and writes exactly the :class:`~fusionjax.train.TrainState` of
-:func:`~fusionjax.train.make_step` (the per-member optax state inside
-``optax.multi_transform``'s), draws the same dropout keys, and applies the same
-non-finite guard, so both layouts are interchangeable (equal at rtol 1e-5;
-floating-point sums may associate differently).
-
-It applies where members are independent: a homogeneous ensemble built by
-:func:`~fusionjax.ensemble.from_fn` (``from_linen``, ``from_nnx``), regime
-``'independent'``, no device mesh. Elsewhere :func:`make_chunked_step` returns
-``None`` and the vmapped step is used.
+the vmapped step (the per-member optax state inside ``multi_transform``'s),
+draws the same dropout keys, and applies the same guard, so the layouts are
+interchangeable (equal at rtol 1e-5). It applies to a homogeneous ensemble
+built by :func:`~fusionjax.ensemble.from_fn` (``from_linen``, ``from_nnx``),
+regime ``'independent'``, no device mesh; elsewhere the vmapped step runs.
 """
 from typing import Any, Callable, Optional
 
@@ -72,7 +79,8 @@ def _expand(tree):
   return jax.tree.map(lambda a: a[None], tree)
 
 
-def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int):
+def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int,
+               looping: bool = True):
   """Members ``[start, start + n)``: compute, update, and write back in place.
 
   ``compute`` is per member ``(carried_m, rest_m, shared) -> out_m`` (forward
@@ -85,6 +93,8 @@ def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int):
   chunk ``(carried_c, out_c) -> (new_carried_c, aux_c)`` on ``[n, ...]``
   arrays (it vmaps itself); its reads of the old chunk are slices of the same
   shape as its in-place writes, which XLA performs without copying the chunk.
+  ``looping`` tells ``update`` whether the chunk is one of several written in
+  place into the same buffers (a loop), or the only one.
   """
   cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, n)
   c, r = jax.tree.map(cut, carried), jax.tree.map(cut, rest)
@@ -93,7 +103,7 @@ def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int):
   else:
     sh = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), shared)
     out = jax.vmap(compute)(c, r, sh)
-  new, new_aux = update(c, out)
+  new, new_aux = update(c, out, looping)
   if aux is None:  # shape probing (_aux_zeros)
     return new, new_aux
   put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, 0)
@@ -119,8 +129,10 @@ def _over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
   """
   n = min(chunk, size)
   aux = _aux_zeros(compute, update, carried, rest, shared, size, n)
-  run = lambda start, k, ca: _run_chunk(compute, update, *ca, rest, shared, start, k)
   n_full = size // n
+  looping = n_full > 1 or size % n != 0
+  run = lambda start, k, ca: _run_chunk(compute, update, *ca, rest, shared, start, k,
+                                        looping)
   if n_full == 1:
     carried, aux = run(0, n, (carried, aux))
   else:
@@ -233,11 +245,30 @@ class ChunkedStep:
         lambda a, b: jnp.where(finite.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), n, old)
     return keep(new_p, p), keep(new_s, s), new_o
 
-  def update(self, carried, out):
-    """Optimizer and guard for a chunk of ``[n, ...]`` arrays: ``(new_carried, (loss, finite))``."""
+  def update(self, carried, out, looping=True):
+    """Optimizer and guard for a chunk of ``[n, ...]`` arrays: ``(new_carried, (loss, finite))``.
+
+    A lone chunk (``looping=False``: all members at once, e.g. M = 1) is
+    ``member_tx`` as the vmapped step applies it. In a loop of chunks written
+    in place, the data flow matters (see the comments below).
+    """
     vmap = jax.vmap
     p, s, o = carried
     grads, new_s, l = out
+    if not looping:
+      finite = jnp.isfinite(l)
+      if self.guard and self.guard_parts is not None:
+        updates, new_o = vmap(self.member_tx.update)(grads, o, p)
+        finite &= vmap(self.guard_parts[0])(new_o)
+      else:
+        updates, new_o = vmap(self.member_tx.update)(grads, o, p)
+        finite &= vmap(_all_finite)(grads)
+      new_p = optax.apply_updates(p, updates)
+      if self.guard:
+        keep = lambda n, old: jax.tree.map(
+            lambda a, b: jnp.where(finite.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), n, old)
+        new_p, new_s = keep(new_p, p), keep(new_s, s)
+      return (new_p, new_s, new_o), (l, finite)
     if self.guard and self.guard_parts is not None:
       verdict, inner, accept = self.guard_parts
       # The guard's verdict alone: XLA keeps only its reductions (one pass
@@ -323,7 +354,7 @@ class ChunkedStep:
       if part is None:
         part = self._host_parts[n] = jax.jit(
             lambda ca, au, rest, sh, st, n=n: _run_chunk(self.compute, self.update, ca, au,
-                                                         rest, sh, st, n),
+                                                         rest, sh, st, n, True),
             donate_argnums=(0, 1))
       carried, aux = part(carried, aux, (keys, data), shared, jnp.int32(start))
     return _finish(self, state, key, carried, aux)
@@ -435,7 +466,7 @@ def make_chunked_predict(ensemble: Ensemble, fusion=None, chunk: Any = "auto"
       c = auto_chunk(ensemble, state.params["members"], opt_slots=0)
     compute = lambda carried, rest, xx: apply_one(
         {"params": rest[0], "state": rest[1]}, xx, None, False)[0]
-    update = lambda carried, out: ((), out)
+    update = lambda carried, out, looping: ((), out)
     _, out = _over_chunks(compute, update, (),
                           (state.params["members"], state.state), x, size, c)
     fused = None if fusion is None else fusion.apply(state.params["fusion"], out, x=x)

@@ -22,11 +22,14 @@ def _state(m, classes=3, width=16, seed=0):
   return ens, state._replace(params={"members": p, "fusion": ()})
 
 
-def _dense(ens, state, x, thresholds, confidence):
+def _dense(ens, state, x, thresholds, confidence, answer="member"):
   """All members on all samples, then the hard rule."""
   out, _ = ens.apply({"params": state.params["members"], "state": state.state}, x)
   log_p = np.asarray(jax.nn.log_softmax(out, axis=-1))  # [M, B, C]
   p = np.exp(log_p)
+  if answer == "running_mean":
+    p = np.cumsum(p, axis=0) / np.arange(1, p.shape[0] + 1, dtype=np.float32)[:, None, None]
+    log_p = np.log(p)
   top = -np.sort(-p, axis=-1)
   conf = top[..., 0] if confidence == "max_prob" else top[..., 0] - top[..., 1]
   m = log_p.shape[0]
@@ -40,16 +43,18 @@ def _dense(ens, state, x, thresholds, confidence):
   return log_p[stage, np.arange(x.shape[0])], stage
 
 
-@pytest.mark.parametrize("confidence,thresholds", [
-    ("max_prob", [0.8, 0.6, 0.9]),
-    ("max_prob", 0.7),
-    ("margin", [0.5, 0.3, 0.6]),
+@pytest.mark.parametrize("confidence,thresholds,answer", [
+    ("max_prob", [0.8, 0.6, 0.9], "member"),
+    ("max_prob", 0.7, "member"),
+    ("margin", [0.5, 0.3, 0.6], "member"),
+    ("max_prob", [0.8, 0.6, 0.7], "running_mean"),
+    ("margin", 0.4, "running_mean"),
 ])
-def test_equals_dense_rule(confidence, thresholds):
+def test_equals_dense_rule(confidence, thresholds, answer):
   ens, state = _state(4)
   log_p, stage = fj.train.cascade_predict(ens, state, X, thresholds, confidence=confidence,
-                                          bucket=8)
-  want_lp, want_stage = _dense(ens, state, X, thresholds, confidence)
+                                          bucket=8, answer=answer)
+  want_lp, want_stage = _dense(ens, state, X, thresholds, confidence, answer)
   np.testing.assert_array_equal(stage, want_stage)
   np.testing.assert_allclose(log_p, want_lp, rtol=1e-5, atol=1e-6)
   assert stage.dtype == jnp.int32 and log_p.shape == (X.shape[0], 3)
