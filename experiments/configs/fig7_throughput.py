@@ -8,16 +8,17 @@ Copies the benchmark's rows (CPU here; no GPU rows were measured in this
 session) into experiments/results/fig7_throughput.json; if the benchmark's file
 is missing it measures the grid below itself (experiments/tasks/throughput.py).
 
-Runtime: 1.5 min when it measures, about 0 s when it copies (measured: 89 s of wall-clock
-time in `run.py --all` on the 2-core CPU machine, load average 3-10 from parallel test runs;
-smoke mode: a few seconds).
+Runtime: about 0 s when it copies the benchmark's file (the benchmark itself,
+`python benchmarks/ensemble_step.py`, took about 6 minutes on the idle 2-core CPU
+machine); about 1.5 min when it measures (89 s measured under load); smoke mode:
+a few seconds.
 
-Expected (measured in that run; benchmarks/results/ensemble_step.json was missing,
-so these are this config's own measurement, member-samples/s, stacked / loop):
-    digits_mlp M=1: 133k / 164k, M=4: 150k / 174k, M=16: 152k / 103k, M=64: 122k / 109k
-    mnist_mlp  M=1:  41k /  57k, M=4:  39k /  53k, M=16:  45k /  46k, M=64:  40k /  41k
-On 2 CPU cores neither is consistently faster (stacked / loop between 0.72 and 1.47).
-
+Expected (benchmarks/results/ensemble_step.json, idle 2-core AMD EPYC, jax 0.10.2,
+2026-11-22; member-samples/s, stacked / loop, then the median per-cycle ratio):
+    digits_mlp M=1: 111k / 131k (0.88x), M=4: 138k / 130k (0.97x),
+               M=16: 145k / 130k (1.15x), M=64: 153k / 126k (1.33x)
+    mnist_mlp  M=1:  56k /  79k (0.75x), M=4:  69k /  72k (0.91x),
+               M=16: 76k /  81k (0.91x), M=64: 72k /  76k (1.01x)
 """
 
 
