@@ -89,12 +89,13 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(reference, tmp_pa
   _assert_same(reference, out)
 
 
-def test_sigterm_finishes_step_checkpoints_and_exits_cleanly(reference, tmp_path, env):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_finishes_step_checkpoints_and_exits_cleanly(reference, tmp_path, env, signum):
   ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"
   proc = _start(ckpt, out, env)
   while _latest(ckpt) < 5 and proc.poll() is None:
     time.sleep(0.02)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   stdout, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, stdout
   assert "status interrupted" in stdout
