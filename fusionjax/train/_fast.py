@@ -160,6 +160,12 @@ def _with_members_opt_state(opt_state, members_state):
   return opt_state._replace(inner_states=inner)
 
 
+def _where_members(pred, new, old):
+  """Per member: ``new`` where ``pred [n]`` holds, else ``old`` (leaves ``[n, ...]``)."""
+  return jax.tree.map(
+      lambda a, b: jnp.where(pred.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
 def _all_finite(tree) -> jax.Array:
   leaves = jax.tree_util.tree_leaves(tree)
   if not leaves:
@@ -241,9 +247,7 @@ class ChunkedStep:
     """``member_tx`` with every select (some member of the chunk is not finite)."""
     updates, new_o = jax.vmap(self.member_tx.update)(grads, o, p)
     new_p = optax.apply_updates(p, updates)
-    keep = lambda n, old: jax.tree.map(
-        lambda a, b: jnp.where(finite.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), n, old)
-    return keep(new_p, p), keep(new_s, s), new_o
+    return _where_members(finite, new_p, p), _where_members(finite, new_s, s), new_o
 
   def update(self, carried, out, looping=True):
     """Optimizer and guard for a chunk of ``[n, ...]`` arrays: ``(new_carried, (loss, finite))``.
@@ -256,18 +260,13 @@ class ChunkedStep:
     p, s, o = carried
     grads, new_s, l = out
     if not looping:
-      finite = jnp.isfinite(l)
-      if self.guard and self.guard_parts is not None:
-        updates, new_o = vmap(self.member_tx.update)(grads, o, p)
-        finite &= vmap(self.guard_parts[0])(new_o)
-      else:
-        updates, new_o = vmap(self.member_tx.update)(grads, o, p)
-        finite &= vmap(_all_finite)(grads)
+      updates, new_o = vmap(self.member_tx.update)(grads, o, p)
+      ok = (vmap(self.guard_parts[0])(new_o) if self.guard and self.guard_parts is not None
+            else vmap(_all_finite)(grads))
+      finite = jnp.isfinite(l) & ok
       new_p = optax.apply_updates(p, updates)
       if self.guard:
-        keep = lambda n, old: jax.tree.map(
-            lambda a, b: jnp.where(finite.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), n, old)
-        new_p, new_s = keep(new_p, p), keep(new_s, s)
+        new_p, new_s = _where_members(finite, new_p, p), _where_members(finite, new_s, s)
       return (new_p, new_s, new_o), (l, finite)
     if self.guard and self.guard_parts is not None:
       verdict, inner, accept = self.guard_parts
@@ -297,10 +296,8 @@ class ChunkedStep:
       # moments inside the params' in-place write, which still needs the old
       # moments, and copies the full-size moments every chunk.
       ok = vmap(_all_finite)(updates)
-      always = (ok | ~ok).reshape
-      keep = lambda n, old: jax.tree.map(
-          lambda a, b: jnp.where(always((-1,) + (1,) * (a.ndim - 1)), a, b), n, old)
-      new = (keep(new_p, p), new_s, keep(new_o, o))
+      always = ok | ~ok
+      new = (_where_members(always, new_p, p), new_s, _where_members(always, new_o, o))
     return new, (l, finite)
 
   # ------------------------------------------------------------------ layouts
