@@ -64,6 +64,39 @@ def flops_per_sample(model: str, train: bool = True) -> float:
 # --------------------------------------------------------------------------- JAX
 
 
+def _jax_loop(module, tx, m, x, y, guard: bool):
+  """A Python loop of M jitted single-member steps (warmed up), as a callable.
+
+  With ``guard``, fusionjax's per-member non-finite guard (the semantics of the
+  stacked step): skip_nonfinite around ``tx``, params kept on a non-finite loss
+  or update.
+  """
+  tx = fj.train.skip_nonfinite(tx) if guard else tx
+  params = [module.init(jax.random.key(i), x[:1])["params"] for i in range(m)]
+  opts = [tx.init(p) for p in params]
+
+  @jax.jit
+  def single_step(p, o, x, y):
+    loss = lambda q: optax.softmax_cross_entropy_with_integer_labels(
+        module.apply({"params": q}, x), y).mean()
+    l, g = jax.value_and_grad(loss)(p)
+    u, o = tx.update(g, o, p)
+    new = optax.apply_updates(p, u)
+    if guard:
+      ok = o.ok & jnp.isfinite(l)
+      new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, p)
+    return new, o, l
+
+  def loop():
+    last = None
+    for i in range(m):
+      params[i], opts[i], last = single_step(params[i], opts[i], x, y)
+    jax.block_until_ready(last)
+
+  loop()
+  return loop
+
+
 def jax_variants(model, m, x, y):
   shape, make = MODELS[model]
   del shape
@@ -96,51 +129,8 @@ def jax_variants(model, m, x, y):
   else:
     info["chunk"] = str(_fast.auto_chunk(ens, st0.params["members"]))
 
-  singles = [module.init(jax.random.key(i), x[:1])["params"] for i in range(m)]
-  opts = [tx.init(p) for p in singles]
-
-  @jax.jit
-  def single_step(p, o, x, y):
-    loss = lambda q: optax.softmax_cross_entropy_with_integer_labels(
-        module.apply({"params": q}, x), y).mean()
-    l, g = jax.value_and_grad(loss)(p)
-    u, o = tx.update(g, o, p)
-    return optax.apply_updates(p, u), o, l
-
-  def loop():
-    last = None
-    for i in range(m):
-      singles[i], opts[i], last = single_step(singles[i], opts[i], x, y)
-    jax.block_until_ready(last)
-
-  loop()
-  out["jax_loop"] = loop
-
-  # The same loop with fusionjax's per-member non-finite guard (the semantics
-  # of the stacked step): skip_nonfinite around Adam, params kept on a
-  # non-finite loss or update.
-  gtx = fj.train.skip_nonfinite(tx)
-  gsingles = [module.init(jax.random.key(i), x[:1])["params"] for i in range(m)]
-  gopts = [gtx.init(p) for p in gsingles]
-
-  @jax.jit
-  def guarded_step(p, o, x, y):
-    loss = lambda q: optax.softmax_cross_entropy_with_integer_labels(
-        module.apply({"params": q}, x), y).mean()
-    l, g = jax.value_and_grad(loss)(p)
-    u, o = gtx.update(g, o, p)
-    ok = o.ok & jnp.isfinite(l)
-    new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), optax.apply_updates(p, u), p)
-    return new, o, l
-
-  def gloop():
-    last = None
-    for i in range(m):
-      gsingles[i], gopts[i], last = guarded_step(gsingles[i], gopts[i], x, y)
-    jax.block_until_ready(last)
-
-  gloop()
-  out["jax_loop_guarded"] = gloop
+  out["jax_loop"] = _jax_loop(module, tx, m, x, y, guard=False)
+  out["jax_loop_guarded"] = _jax_loop(module, tx, m, x, y, guard=True)
   return out, info
 
 
