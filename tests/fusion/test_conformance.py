@@ -132,7 +132,6 @@ def test_no_retrace_on_second_call(name):
 
 
 def test_no_retrace_chex():
-  chex.clear_trace_counter()
   f = fu.chain(fu.parallel(fu.mean(), fu.weighted(M)), fu.weighted(2))
   z = jnp.zeros((M, B, C))
   params = f.init(jax.random.key(0), z)
@@ -143,7 +142,6 @@ def test_no_retrace_chex():
   step = jax.jit(chex.assert_max_traces(fused, n=1))
   step(params, z)
   step(params, z + 1.0)
-  chex.clear_trace_counter()
 
 
 @pytest.mark.parametrize("name", IDS)

@@ -15,18 +15,25 @@ from fj_testing import ROOT
 WORKER = str(ROOT / "tests" / "reliability" / "_train_worker.py")
 
 
+def _env(cache_dir=None):
+  """The workers' environment; with ``cache_dir``, a persistent XLA compilation cache."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  if cache_dir is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  """The workers' environment, with one persistent XLA compilation cache.
+  """One compilation cache shared by every worker of this module.
 
   Every restart after the first loads its executables instead of compiling
   them (a worker run: 7.5 s cold, 4.6 s warm on the 2-core CPU); a cached
   executable is the same code, so results stay bit-identical.
   """
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-              JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return _env(tmp_path_factory.mktemp("xla_cache"))
 
 
 def _latest(ckpt: pathlib.Path) -> int:
@@ -60,11 +67,9 @@ def reference(tmp_path_factory, env):
   return d / "ref.npz"
 
 
-def test_same_seed_same_result_in_two_processes(reference, tmp_path, env):
+def test_same_seed_same_result_in_two_processes(reference, tmp_path):
   # Without the shared cache: this process compiles its own executables.
-  fresh = {k: v for k, v in env.items() if not k.startswith("JAX_PERSISTENT_CACHE")
-           and k != "JAX_COMPILATION_CACHE_DIR"}
-  _run(tmp_path / "ckpt", tmp_path / "again.npz", fresh)
+  _run(tmp_path / "ckpt", tmp_path / "again.npz", _env())
   _assert_same(reference, tmp_path / "again.npz")
 
 
