@@ -21,9 +21,9 @@ the chunk back into the donated state in place:
   convolutions in a generic form ~3x slower, and vmapped convolutions become
   grouped ones.
 
-The guard costs one read-only pass (its verdict); when every member of a chunk
-is finite the plain update commits without selects (``lax.cond``), otherwise
-``skip_nonfinite`` runs as is.
+The guard is ``skip_nonfinite`` as the vmapped step applies it, its verdict
+one GEMV per leaf (:func:`~fusionjax.train._step.leaf_all_finite`), and selects
+that keep the params of a non-finite member.
 
 The step reads and writes exactly the :class:`~fusionjax.train.TrainState` of
 the vmapped step (the per-member optax state inside ``multi_transform``'s),
@@ -40,6 +40,7 @@ import optax
 
 from fusionjax.ensemble import Ensemble
 from fusionjax.ensemble._base import _check_batch, check_stacked
+from fusionjax.train._step import _all_finite
 
 # Per-chunk working-set budget for chunk='auto': params, gradients and two
 # optimizer moments of the chunk's members should fit in about this many bytes
@@ -166,13 +167,6 @@ def _where_members(pred, new, old):
       lambda a, b: jnp.where(pred.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  if not leaves:
-    return jnp.bool_(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
-
-
 def _primitives(jaxpr, found=None):
   """Names of the primitives in a (closed) jaxpr, sub-jaxprs included."""
   found = set() if found is None else found
@@ -217,12 +211,12 @@ class ChunkedStep:
     pure: ``step(state, batch) -> (state, logs)``, unjitted.
   """
 
-  def __init__(self, ensemble, tx, member_tx, *, loss, per_member, guard, guard_parts,
+  def __init__(self, ensemble, member_tx, *, loss, per_member, guard, guard_ok,
                chunk, check):
     self.ensemble, self.size = ensemble, ensemble.size
     self.apply_one = member_fn(ensemble)
-    self.tx, self.member_tx, self.loss = tx, member_tx, loss
-    self.per_member, self.guard, self.guard_parts = per_member, guard, guard_parts
+    self.member_tx, self.loss = member_tx, loss
+    self.per_member, self.guard, self.guard_ok = per_member, guard, guard_ok
     self.chunk, self.check = chunk, check
     self._host_parts = {}
     self._mode = None
@@ -243,61 +237,42 @@ class ChunkedStep:
     grads, (new_s, l) = jax.grad(objective, has_aux=True)(p)
     return grads, new_s, l
 
-  def _careful(self, p, s, o, grads, new_s, finite):
-    """``member_tx`` with every select (some member of the chunk is not finite)."""
-    updates, new_o = jax.vmap(self.member_tx.update)(grads, o, p)
-    new_p = optax.apply_updates(p, updates)
-    return _where_members(finite, new_p, p), _where_members(finite, new_s, s), new_o
-
   def update(self, carried, out, looping=True):
     """Optimizer and guard for a chunk of ``[n, ...]`` arrays: ``(new_carried, (loss, finite))``.
 
-    A lone chunk (``looping=False``: all members at once, e.g. M = 1) is
-    ``member_tx`` as the vmapped step applies it. In a loop of chunks written
-    in place, the data flow matters (see the comments below).
+    ``looping`` says whether the chunk is one of several written in place into
+    the same buffers; the data flow then matters (see the comments below).
     """
     vmap = jax.vmap
     p, s, o = carried
     grads, new_s, l = out
+    updates, new_o = vmap(self.member_tx.update)(grads, o, p)
+    new_p = optax.apply_updates(p, updates)
+    if self.guard:
+      # member_tx is the guarded transform: its verdict (finite gradient and
+      # update) kept its own state; the params and BatchNorm statistics of a
+      # member with a non-finite loss or update are kept here. The selects
+      # read every new value, so XLA materialises a chunk's new values before
+      # writing them in place (measured: as fast as no guard at all, where a
+      # lax.cond between a select-free commit and this path was ~10 % slower).
+      ok = (vmap(self.guard_ok)(new_o) if self.guard_ok is not None
+            else vmap(_all_finite)(grads) & vmap(_all_finite)(updates))
+      finite = jnp.isfinite(l) & ok
+      if self.guard_ok is None:
+        new_o = _where_members(finite, new_o, o)
+      new = (_where_members(finite, new_p, p), _where_members(finite, new_s, s), new_o)
+      return new, (l, finite)
+    finite = jnp.isfinite(l) & vmap(_all_finite)(grads)
     if not looping:
-      updates, new_o = vmap(self.member_tx.update)(grads, o, p)
-      ok = (vmap(self.guard_parts[0])(new_o) if self.guard and self.guard_parts is not None
-            else vmap(_all_finite)(grads))
-      finite = jnp.isfinite(l) & ok
-      new_p = optax.apply_updates(p, updates)
-      if self.guard:
-        new_p, new_s = _where_members(finite, new_p, p), _where_members(finite, new_s, s)
       return (new_p, new_s, new_o), (l, finite)
-    if self.guard and self.guard_parts is not None:
-      verdict, inner, accept = self.guard_parts
-      # The guard's verdict alone: XLA keeps only its reductions (one pass
-      # that reads the gradients and the moments and writes nothing).
-      ok = vmap(lambda g, oo, pp: verdict(self.member_tx.update(g, oo, pp)[1]))(grads, o, p)
-      finite = jnp.isfinite(l) & ok
-
-      def fast(p, s, o, grads, new_s, finite):
-        # Every member of the chunk is finite: what member_tx and the selects
-        # would give, without the selects (which re-read every array).
-        del finite
-        updates, new_inner = vmap(self.tx.update)(grads, vmap(inner)(o), p)
-        return optax.apply_updates(p, updates), new_s, vmap(accept)(o, new_inner)
-
-      new = jax.lax.cond(jnp.all(finite), fast, self._careful, p, s, o, grads, new_s, finite)
-    elif self.guard:
-      finite = jnp.isfinite(l) & vmap(_all_finite)(grads)
-      new = self._careful(p, s, o, grads, new_s, finite)
-    else:
-      finite = jnp.isfinite(l) & vmap(_all_finite)(grads)
-      updates, new_o = vmap(self.member_tx.update)(grads, o, p)
-      new_p = optax.apply_updates(p, updates)
-      # No guard, but the same data flow: a select whose (always true)
-      # predicate reads every update makes XLA materialise the chunk's new
-      # values before writing them in place. Without it XLA recomputes the
-      # moments inside the params' in-place write, which still needs the old
-      # moments, and copies the full-size moments every chunk.
-      ok = vmap(_all_finite)(updates)
-      always = ok | ~ok
-      new = (_where_members(always, new_p, p), new_s, _where_members(always, new_o, o))
+    # No guard, but the same data flow: a select whose (always true)
+    # predicate reads every update makes XLA materialise the chunk's new
+    # values before writing them in place. Without it XLA recomputes the
+    # moments inside the params' in-place write, which still needs the old
+    # moments, and copies the full-size moments every chunk (~3x slower).
+    ok = vmap(_all_finite)(updates)
+    always = ok | ~ok
+    new = (_where_members(always, new_p, p), new_s, _where_members(always, new_o, o))
     return new, (l, finite)
 
   # ------------------------------------------------------------------ layouts
@@ -407,27 +382,24 @@ def _finish(chunked: ChunkedStep, state, key, carried, aux):
                         key=key), logs
 
 
-def make_chunked_step(ensemble: Ensemble, tx: optax.GradientTransformation,
-                      member_tx: optax.GradientTransformation, *, loss: Callable,
-                      per_member: bool, guard: bool, guard_parts=None,
+def make_chunked_step(ensemble: Ensemble, member_tx: optax.GradientTransformation, *,
+                      loss: Callable, per_member: bool, guard: bool,
+                      guard_ok: Optional[Callable] = None,
                       chunk: Any = "auto", check: Optional[Callable] = None
                       ) -> Optional[ChunkedStep]:
   """The independent-regime step, chunk of members by chunk of members.
 
   Args:
     ensemble: a homogeneous ensemble from :func:`~fusionjax.ensemble.from_fn`.
-    tx: the single-member optax transform.
     member_tx: the single-member transform exactly as ``per_member`` applies
       it (``skip_nonfinite(tx)`` when guarded), so the state is the same.
     loss: ``(outputs [B, C], y [B], mask) -> scalar``.
     per_member: batches are ``[M, B, ...]``.
     guard: keep the params and BatchNorm statistics of a member whose loss or
       update is not finite (as the vmapped step does).
-    guard_parts: for a guarded ``member_tx``, ``(verdict, inner, accept)``:
-      ``verdict(state)`` is its ``ok`` flag, ``inner(state)`` the state of
-      ``tx`` inside, ``accept(state, new_inner)`` the state after an accepted
-      update. With them a chunk whose members are all finite commits the plain
-      ``tx`` update (no selects); otherwise it runs ``member_tx`` as is.
+    guard_ok: for a guarded ``member_tx`` (``skip_nonfinite``), its verdict
+      ``state -> ok``; without it a guarded step derives the verdict from the
+      gradients and updates and keeps the old optimizer state itself.
     chunk: members per chunk (``int``), or ``'auto'`` (:func:`auto_chunk`).
     check: ``(x, y) -> None`` shape check run at trace time.
 
@@ -437,8 +409,8 @@ def make_chunked_step(ensemble: Ensemble, tx: optax.GradientTransformation,
   """
   if member_fn(ensemble) is None:
     return None
-  return ChunkedStep(ensemble, tx, member_tx, loss=loss, per_member=per_member, guard=guard,
-                     guard_parts=guard_parts, chunk=chunk, check=check)
+  return ChunkedStep(ensemble, member_tx, loss=loss, per_member=per_member, guard=guard,
+                     guard_ok=guard_ok, chunk=chunk, check=check)
 
 
 def make_chunked_predict(ensemble: Ensemble, fusion=None, chunk: Any = "auto"

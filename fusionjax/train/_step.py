@@ -37,11 +37,56 @@ class TrainState(NamedTuple):
   key: jax.Array
 
 
+# Weights of the finiteness GEMV: small enough that no finite float sums to an
+# overflow (|x| * w * rows stays far below the dtype's max), exact otherwise.
+_FINITE_WEIGHT = {jnp.dtype(jnp.float32): 2.0 ** -100, jnp.dtype(jnp.float64): 2.0 ** -1000}
+
+
+def leaf_all_finite(a: jax.Array) -> jax.Array:
+  """Whether every element of ``a`` is finite (no NaN, no +-Inf), as a bool scalar.
+
+  Computed as ``isfinite(sum(w @ a))`` with a tiny constant weight ``w``
+  rather than ``all(isfinite(a))``: a NaN or an Inf anywhere makes the GEMV's
+  sum NaN or Inf, and no finite value can overflow it (``w = 2**-100`` for
+  float32), so the verdict is the same, but XLA:CPU runs boolean reductions
+  one element at a time (about 1 ns per element, the same order as a whole
+  Adam update), while the GEMV runs vectorised on every core (~3x faster,
+  ``benchmarks/``). Non-float leaves are finite.
+  """
+  a = jnp.asarray(a)
+  if not jnp.issubdtype(a.dtype, jnp.inexact):
+    return jnp.bool_(True)
+  if a.size == 0:
+    return jnp.bool_(True)
+  if jnp.issubdtype(a.dtype, jnp.complexfloating):
+    return jnp.all(jnp.isfinite(a))
+  if a.dtype not in _FINITE_WEIGHT:
+    a = a.astype(jnp.float32)  # bf16 / f16: the weight is not representable
+  rows = a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
+  w = jnp.full((rows.shape[0],), _FINITE_WEIGHT[a.dtype], a.dtype)
+  return jnp.isfinite(jnp.sum(w @ rows))
+
+
 def _all_finite(tree) -> jax.Array:
   leaves = jax.tree_util.tree_leaves(tree)
   if not leaves:
     return jnp.bool_(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
+  return jnp.all(jnp.stack([leaf_all_finite(l) for l in leaves]))
+
+
+def _all_finite_pair(grads, updates) -> jax.Array:
+  """``_all_finite(grads) & _all_finite(updates)`` in one pass per leaf.
+
+  ``g * 0 + u`` is NaN exactly where ``g`` or ``u`` is not finite (``Inf * 0``
+  is NaN), so one check per leaf reads both trees once.
+  """
+  g_leaves, u_leaves = jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(updates)
+  if len(g_leaves) != len(u_leaves) or any(
+      jnp.shape(g) != jnp.shape(u) for g, u in zip(g_leaves, u_leaves)):
+    return _all_finite(grads) & _all_finite(updates)
+  if not g_leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.stack([leaf_all_finite(g * 0 + u) for g, u in zip(g_leaves, u_leaves)]))
 
 
 class GuardState(NamedTuple):
@@ -63,7 +108,7 @@ def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransforma
 
   def update(grads, state, params=None):
     updates, new_inner = tx.update(grads, state.inner, params)
-    ok = _all_finite(grads) & _all_finite(updates)  # a finite grad can still overflow
+    ok = _all_finite_pair(grads, updates)  # a finite grad can still overflow
     updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
     new_inner = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_inner, state.inner)
     return updates, GuardState(new_inner, ok)
@@ -329,10 +374,8 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
       _check_labels_batch(x, y, per_member, size)
 
     chunked = _fast.make_chunked_step(
-        ensemble, tx, skip_nonfinite(tx) if guard else tx, loss=loss,
-        per_member=per_member, guard=guard, guard_parts=(
-            lambda o: o.ok, lambda o: o.inner,
-            lambda o, inner: GuardState(inner, jnp.ones_like(o.ok))),
+        ensemble, skip_nonfinite(tx) if guard else tx, loss=loss,
+        per_member=per_member, guard=guard, guard_ok=(lambda o: o.ok) if guard else None,
         chunk=member_chunk, check=check)
     if chunked is not None:
       return chunked.jitted(donate) if jit else chunked.pure

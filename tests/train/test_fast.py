@@ -71,7 +71,7 @@ def test_batchnorm_state_and_dropout_keys(chunk):
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4])
-def test_nonfinite_member_takes_the_careful_path(chunk):
+def test_nonfinite_member_keeps_its_state_in_every_layout(chunk):
   ens = fj.ensemble.from_linen(models.MLP(10, (32,)), 4)
   tx = optax.adam(1e-2)
   got, want = _run(ens, tx, chunk, poison=1), _run(ens, tx, None, poison=1)

@@ -1,0 +1,61 @@
+"""The guard's finiteness verdict (one GEMV per leaf) equals ``all(isfinite(a))``."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fusionjax.train._step import _all_finite, _all_finite_pair, leaf_all_finite
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _cases():
+  rng = np.random.default_rng(0)
+  for shape in [(), (5,), (3, 4), (2, 3, 4), (784, 256)]:
+    base = rng.normal(size=shape).astype(np.float32)
+    yield f"normal{shape}", base
+    if base.size:
+      for name, bad in [("nan", np.nan), ("inf", np.inf), ("-inf", -np.inf)]:
+        a = base.copy().reshape(-1)
+        a[rng.integers(a.size)] = bad
+        yield f"{name}{shape}", a.reshape(shape)
+  # The largest finite values, many of them in one column: no false alarm.
+  yield "max_finite_column", np.full((100_000, 2), F32_MAX, np.float32)
+  yield "max_and_min", np.array([[F32_MAX, -F32_MAX], [F32_MAX, F32_MAX]], np.float32)
+  yield "denormal", np.full((4, 4), 1e-45, np.float32)
+  yield "inf_and_-inf", np.array([[np.inf, 1.0], [-np.inf, 2.0]], np.float32)
+  yield "empty", np.zeros((0, 3), np.float32)
+
+
+@pytest.mark.parametrize("name, a", list(_cases()), ids=lambda v: v if isinstance(v, str) else "")
+def test_leaf_all_finite_is_all_isfinite(name, a):
+  want = bool(np.all(np.isfinite(a)))
+  assert bool(leaf_all_finite(jnp.asarray(a))) is want, name
+  assert bool(jax.jit(leaf_all_finite)(jnp.asarray(a))) is want, name
+  # Member-stacked, as the step calls it: one verdict per member.
+  stacked = jnp.stack([jnp.asarray(a), jnp.zeros_like(jnp.asarray(a))])
+  np.testing.assert_array_equal(jax.vmap(leaf_all_finite)(stacked), [want, True])
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_leaves(dtype):
+  a = jnp.full((8, 8), jnp.finfo(dtype).max, dtype)
+  assert bool(leaf_all_finite(a))
+  assert not bool(leaf_all_finite(a.at[3, 3].set(jnp.inf)))
+  assert not bool(leaf_all_finite(a.at[0, 7].set(jnp.nan)))
+
+
+def test_integer_leaves_are_finite():
+  assert bool(leaf_all_finite(jnp.arange(6).reshape(2, 3)))
+
+
+def test_pair_is_both_trees_finite():
+  g = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+  u = {"w": jnp.full((3, 4), F32_MAX), "b": jnp.zeros(4)}
+  assert bool(_all_finite_pair(g, u))
+  for tree_g, tree_u in [({**g, "w": g["w"].at[1, 1].set(jnp.inf)}, u),
+                         (g, {**u, "b": u["b"].at[2].set(jnp.nan)}),
+                         ({**g, "b": g["b"].at[0].set(-jnp.inf)}, u)]:
+    assert not bool(_all_finite_pair(tree_g, tree_u))
+    assert bool(_all_finite_pair(tree_g, tree_u)) == bool(
+        _all_finite(tree_g) & _all_finite(tree_u))
