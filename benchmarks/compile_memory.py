@@ -13,7 +13,10 @@
 * Process start to first finished step: a fresh ``python`` process that imports
   fusionjax, builds the M-member ensemble, runs the jitted ``init`` and one
   jitted step and blocks on it; the parent's wall clock from spawning it to the
-  child's report, with the child's own breakdown.
+  child's report, with the child's own breakdown. Cold (no compilation cache)
+  and warm (JAX's persistent compilation cache, ``JAX_COMPILATION_CACHE_DIR``,
+  filled by one earlier run: what every run after a researcher's first sees
+  when the variable is set).
 
 Compile times are the minimum over ``--rounds`` rounds (ABAB over the
 configurations; the machine is shared).
@@ -23,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -92,10 +96,22 @@ def compile_row(model, m, chunk):
   }
 
 
-def startup(m, runs):
+def startup(m, runs, cache_dir=None):
+  """Fresh processes to first finished step; with ``cache_dir``, JAX's persistent cache.
+
+  With a cache, one unmeasured run fills it first (compiling init and the
+  step once), so every measured run loads both executables from disk.
+  """
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  for k in [k for k in env if k.startswith("JAX_COMPILATION_CACHE") or
+            k.startswith("JAX_PERSISTENT_CACHE")]:
+    del env[k]
+  if cache_dir is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   out = []
-  for _ in range(runs):
+  for i in range(runs + (cache_dir is not None)):
     t = time.time()
     proc = subprocess.run([sys.executable, "-c", CHILD.format(imports=IMPORTS["fusionjax"]),
                            str(m)], capture_output=True, text=True, env=env, cwd=ROOT,
@@ -103,12 +119,14 @@ def startup(m, runs):
     if proc.returncode:
       raise RuntimeError(proc.stderr)
     r = json.loads(proc.stdout.strip().splitlines()[-1])
+    if cache_dir is not None and i == 0:
+      continue  # filled the cache
     out.append({"spawn_to_first_step_s": r["step"] - t, "python_start_s": r["t0"] - t,
                 "imports_s": r["import"] - r["t0"], "init_s": r["init"] - r["import"],
                 "first_step_s": r["step"] - r["init"]})
   return {k: C.med([o[k] for o in out]) for k in out[0]} | {
       "min_spawn_to_first_step_s": min(o["spawn_to_first_step_s"] for o in out),
-      "runs": runs, "members": m}
+      "runs": runs, "members": m, "compilation_cache": cache_dir is not None}
 
 
 COMPILE_COLUMNS = [
@@ -121,7 +139,7 @@ COMPILE_COLUMNS = [
     ("peak MB", "peak_mb", "{:.1f}"),
 ]
 STARTUP_COLUMNS = [
-    ("M", "members", None), ("spawn to first step s (median)", "spawn_to_first_step_s", "{:.2f}"),
+    ("M", "members", None), ("cache", "cache", None), ("spawn to first step s (median)", "spawn_to_first_step_s", "{:.2f}"),
     ("min", "min_spawn_to_first_step_s", "{:.2f}"),
     ("python start s", "python_start_s", "{:.2f}"), ("imports s", "imports_s", "{:.2f}"),
     ("jitted init s", "init_s", "{:.2f}"), ("first step s", "first_step_s", "{:.2f}"),
@@ -131,9 +149,13 @@ STARTUP_COLUMNS = [
 def render(result):
   return ("Compile time and memory of the first training step (batch 128, Adam):\n\n" +
           C.table(result["compile"], COMPILE_COLUMNS) +
-          "\n\nProcess start to first finished step (fresh process, no compilation "
-          "cache, {} runs):\n\n".format(result["startup"]["runs"]) +
-          C.table([result["startup"]], STARTUP_COLUMNS))
+          "\n\nProcess start to first finished step (fresh process, {} runs each; "
+          "cold: no compilation cache; warm: JAX's persistent compilation cache "
+          "(JAX_COMPILATION_CACHE_DIR) filled by an earlier run):\n\n".format(
+              result["startup"]["runs"]) +
+          C.table([dict(result["startup"], cache="cold")] +
+                  ([dict(result["startup_warm"], cache="warm")]
+                   if "startup_warm" in result else []), STARTUP_COLUMNS))
 
 
 def main(argv=None):
@@ -159,7 +181,9 @@ def main(argv=None):
     base = [q for q in rows if q["variant"] == r["variant"] and q["members"] == args.members[0]]
     r["vs_m1"] = r["compile_s"] / base[0]["compile_s"]
   start = startup(args.startup_members, args.startup_runs)
-  result = {"compile": rows, "startup": start, "machine": mach}
+  with tempfile.TemporaryDirectory() as cache_dir:
+    warm = startup(args.startup_members, args.startup_runs, cache_dir)
+  result = {"compile": rows, "startup": start, "startup_warm": warm, "machine": mach}
   print(render(result))
   C.write(args.out, result)
 

@@ -117,12 +117,17 @@ def targets(res):
     out.append((f"Compile time M={r64['members']} <= 1.5x M={r1['members']}",
                 verdict(ratio <= 1.5), f"{r64['compile_s']:.2f} s / {r1['compile_s']:.2f} s = "
                 f"{ratio:.2f}x"))
-    st = cm["startup"]
-    out.append((f"Process start to first finished step, M={st['members']}: < 3 s",
-                verdict(st["spawn_to_first_step_s"] < 3.0),
-                f"{st['spawn_to_first_step_s']:.2f} s median (min "
-                f"{st['min_spawn_to_first_step_s']:.2f}): imports {st['imports_s']:.2f} s, "
-                f"init {st['init_s']:.2f} s, first step {st['first_step_s']:.2f} s"))
+    for key, label in (("startup", "no compilation cache"),
+                       ("startup_warm", "JAX's persistent compilation cache filled")):
+      st = cm.get(key)
+      if st is None:
+        continue
+      out.append((f"Process start to first finished step, M={st['members']}: < 3 s "
+                  f"({label})",
+                  verdict(st["spawn_to_first_step_s"] < 3.0),
+                  f"{st['spawn_to_first_step_s']:.2f} s median (min "
+                  f"{st['min_spawn_to_first_step_s']:.2f}): imports {st['imports_s']:.2f} s, "
+                  f"init {st['init_s']:.2f} s, first step {st['first_step_s']:.2f} s"))
   return out
 
 
