@@ -82,34 +82,48 @@ def test_snapshot_ensemble_beats_its_last_snapshot(snapshot_run, digits_splits):
   assert ens_nll < member_nll.min()
 
 
+def _shifted(x):
+  """``x [N, H, W, 1]`` and its 8 one-pixel shifts (zero fill): ``[9 N, H, W, 1]``."""
+  h, w = x.shape[1:3]
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return np.concatenate([padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+                         for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+
+
 def test_fge_ensemble_from_a_trained_model(snapshot_run, digits_splits):
+  # FGE needs a training loss that SGD noise keeps above 0, so that the
+  # weights keep moving between snapshots: 500 digits with their 8 one-pixel
+  # shifts (4500 examples) and lr1 = 0.2. On the 500 plain digits the loss is
+  # ~0, the snapshots are one function and FGE never beat its best snapshot.
   x, y = digits_splits["train"]
-  x, y = x[:500], y[:500]
+  x, y = _shifted(x[:500]), np.tile(y[:500], 9)
   xt, yt = digits_splits["test"]
   start = jax.tree.map(lambda a: a[-1:], snapshot_run.variables)       # the run's last model
   res = integrate.fge_ensemble(MODULE, x, y, key=jax.random.key(1), lr1=0.2, lr2=0.002,
-                               cycle_steps=40, cycles=4, init_variables=start,
-                               batch_size=32, seed=1)
+                               cycle_steps=100, cycles=4, warmup_steps=2000,
+                               init_variables=start, batch_size=32, seed=1)
   # Snapshots in the middle of each cycle (lr = lr2); training stops at the last one.
-  assert res.steps == (20, 60, 100, 140)
-  assert res.losses.shape == (140,)
+  assert res.steps == (2050, 2150, 2250, 2350)
+  assert res.losses.shape == (2350,)
   # Training started from `start`: the first loss is its loss on the first batch.
-  first = np.random.default_rng([1, 0]).permutation(500)[:32]
+  first = np.random.default_rng([1, 0]).permutation(len(x))[:32]
   logits = MODULE.apply({"params": jax.tree.map(lambda a: a[0], start["params"])}, x[first])
   assert res.losses[0] == pytest.approx(float(fj.metrics.nll(logits, y[first])), abs=1e-6)
   out, _ = res.ensemble.apply(res.variables, xt)
   assert not np.allclose(out[0], out[-1])
   ens_nll = float(fj.metrics.nll(fj.fusion.mean().apply((), out), yt))
   member_nll = np.asarray(fj.metrics.nll(out, yt))
-  # Measured (CPU): FGE ensemble NLL 0.115 vs snapshots 0.1135-0.117 (start
-  # 0.114). On these small MLPs the snapshots of short FGE cycles barely differ:
-  # FGE did not reliably beat its best snapshot here (from scratch with a
-  # 200-step warm-up, 3 seeds: 0.136 / 0.158 / 0.175 vs best 0.134 / 0.158 /
-  # 0.181; other lr1, lr2, c gave the same picture). The assertion guards
-  # against regressions only: no worse than the mean snapshot (Jensen) and
-  # within 3% of the best one.
+  # Measured on the 2-core CPU (one core; `pytest -q tests/integrate/test_snapshot.py`
+  # for s = 1, the same set-up with key = seed = s for the others), test NLL:
+  #   s      0      1      2      3      4      5
+  #   FGE    0.118  0.159  0.108  0.224  0.223  0.227
+  #   best   0.153  0.201  0.113  0.252  0.291  0.271   (best of the 4 snapshots)
+  #   gain   23%    21%    3.9%   11%    23%    16%
+  # The gain is over FGE's own snapshots, which lr1 = 0.2 leaves noisy: the
+  # ensemble beat the model it starts from (0.114) in 1 of 6 seeds, and a
+  # single model trained 2350 steps from it (cosine from 0.05) in 3 of 6.
   assert ens_nll <= member_nll.mean() + 1e-6
-  assert ens_nll < 1.03 * member_nll.min()
+  assert ens_nll < 0.97 * member_nll.min()
 
 
 @pytest.mark.parametrize("call, match", [
