@@ -107,7 +107,7 @@ def test_figures_tables_and_macros(smoke):
                         numbers.split("% n/a: no result file provided these")[1])
   assert all(m.startswith("FusionMnist") for m in fallback), fallback
   used = set(re.findall(r"\\([A-Z][A-Za-z]+)", (ROOT / "paper" / "main.tex").read_text()))
-  prefixes = ("EnsSize", "Fusion", "DataSize", "Cascade", "Joint", "Hetero", "Tput",
+  prefixes = ("EnsSize", "Cnn", "Fusion", "DataSize", "Cascade", "Joint", "Hetero", "Tput",
               "Runtime", "Machine", "ResultsAre")
   assert {m for m in used if m.startswith(prefixes)} <= set(macros)
 
