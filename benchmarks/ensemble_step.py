@@ -7,6 +7,8 @@ For each model and ensemble size M, in one process and interleaved (ABAB...):
 
 * ``fj``: fusionjax's stacked step, ``fj.train.make_step(ens, adam)`` as shipped
   (members laid out in cache-sized chunks, ``member_chunk='auto'``);
+* ``fj_noguard``: the same with ``guard=False`` (no non-finite guard), the
+  semantics of the plain loop below;
 * ``fj_vmap``: the same step as one vmap over all members (``member_chunk=None``),
   the layout before the chunked step;
 * ``jax_loop``: a Python loop of M single-member jitted steps (flax + optax);
@@ -105,14 +107,14 @@ def jax_variants(model, m, x, y):
   ens = fj.ensemble.from_linen(module, m)
   batch = {"x": x, "y": y}
   out, info = {}, {}
-  layouts = (("fj", "auto"), ("fj_vmap", None))
+  layouts = (("fj", "auto", True), ("fj_noguard", "auto", False), ("fj_vmap", None, True))
   if model == "cnn" and m > 4:
     # One vmap over M CNNs makes every convolution a grouped one, which XLA:CPU
     # runs ~25x slower than M plain ones (22 s a step at M=16): not timed.
-    layouts = layouts[:1]
-  for name, chunk in layouts:
-    state = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1])}
-    step = fj.train.make_step(ens, tx, member_chunk=chunk)
+    layouts = layouts[:2]
+  for name, chunk, guard in layouts:
+    state = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1], guard=guard)}
+    step = fj.train.make_step(ens, tx, member_chunk=chunk, guard=guard)
     t = time.perf_counter()
     state["s"], logs = step(state["s"], batch)
     jax.block_until_ready(logs)
@@ -253,6 +255,8 @@ def bench(model, m, cycles, torch, target_s):
     row[f"{k}_msps"] = m * BATCH / C.med(v)
     if k != "fj":
       row[f"fj_vs_{k}"] = C.ratio(v, step_t["fj"])  # their time / ours = our speed-up
+  if "fj_noguard" in step_t:  # both sides without the guard
+    row["fj_noguard_vs_jax_loop"] = C.ratio(step_t["jax_loop"], step_t["fj_noguard"])
   row["fj_gflops"] = fl / C.med(step_t["fj"]) / 1e9
   row["fj_pct_peak"] = 100 * C.med([fl / t / 1e9 / p for t, p in zip(step_t["fj"], peak)])
   if "fj_vmap" in step_t:
@@ -271,6 +275,8 @@ COLUMNS = [
     ("(min-max)", lambda r: "{:.2f}-{:.2f}".format(r["fj_vs_jax_loop"]["min"],
                                                    r["fj_vs_jax_loop"]["max"]), None),
     ("vs guarded jax_loop", lambda r: r["fj_vs_jax_loop_guarded"]["median"], "{:.2f}x"),
+    ("no guard: fj vs jax_loop", lambda r: r.get("fj_noguard_vs_jax_loop", {}).get("median"),
+     "{:.2f}x"),
     ("vs torch_loop", lambda r: r.get("fj_vs_torch_loop", {}).get("median"), "{:.2f}x"),
     ("vs torch_func", lambda r: r.get("fj_vs_torch_func", {}).get("median"), "{:.2f}x"),
     ("vs torchensemble", lambda r: r.get("fj_vs_torchensemble", {}).get("median"), "{:.2f}x"),
@@ -281,7 +287,8 @@ COLUMNS = [
 
 MS_COLUMNS = [
     ("model", "model", None), ("M", "members", None),
-    ("fj", "fj_msps", "{:,.0f}"), ("fj_vmap", "fj_vmap_msps", "{:,.0f}"),
+    ("fj", "fj_msps", "{:,.0f}"), ("fj_noguard", "fj_noguard_msps", "{:,.0f}"),
+    ("fj_vmap", "fj_vmap_msps", "{:,.0f}"),
     ("jax_loop", "jax_loop_msps", "{:,.0f}"),
     ("guarded jax_loop", "jax_loop_guarded_msps", "{:,.0f}"),
     ("torch_loop", "torch_loop_msps", "{:,.0f}"),
