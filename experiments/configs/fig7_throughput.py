@@ -9,16 +9,17 @@ session) into experiments/results/fig7_throughput.json; if the benchmark's file
 is missing it measures the grid below itself (experiments/tasks/throughput.py).
 
 Runtime: about 0 s when it copies the benchmark's file (the benchmark itself,
-`python benchmarks/ensemble_step.py`, took about 6 minutes on the idle 2-core CPU
-machine); about 1.5 min when it measures (89 s measured under load); smoke mode:
+`python benchmarks/ensemble_step.py`, took 470 s with its default 5 cycles inside
+`bash benchmarks/run_all.sh` on the 2-core CPU machine; the committed file is from a
+`--cycles 9` run); about 1.5 min when it measures (89 s measured under load); smoke mode:
 a few seconds.
 
-Expected (benchmarks/results/ensemble_step.json, idle 2-core AMD EPYC, jax 0.10.2,
-2026-11-22; member-samples/s, stacked / loop, then the median per-cycle ratio):
-    digits_mlp M=1: 111k / 131k (0.88x), M=4: 138k / 130k (0.97x),
-               M=16: 145k / 130k (1.15x), M=64: 153k / 126k (1.33x)
-    mnist_mlp  M=1:  56k /  79k (0.75x), M=4:  69k /  72k (0.91x),
-               M=16: 76k /  81k (0.91x), M=64: 72k /  76k (1.01x)
+Expected (benchmarks/results/ensemble_step.json, 2-core AMD EPYC, jax 0.10.2,
+2026-11-22, a noisy day; member-samples/s, stacked / loop, then the median per-cycle ratio):
+    digits_mlp M=1: 132k / 141k (0.93x), M=4: 129k / 105k (1.03x),
+               M=16: 137k / 115k (1.12x), M=64: 186k / 129k (1.45x)
+    mnist_mlp  M=1:  73k /  87k (0.90x), M=4:  50k /  70k (0.75x),
+               M=16: 62k /  54k (1.09x), M=64: 73k /  57k (1.29x)
 """
 
 
