@@ -253,8 +253,9 @@ class ChunkedStep:
       # update) kept its own state; the params and BatchNorm statistics of a
       # member with a non-finite loss or update are kept here. The selects
       # read every new value, so XLA materialises a chunk's new values before
-      # writing them in place (measured: as fast as no guard at all, where a
-      # lax.cond between a select-free commit and this path was ~10 % slower).
+      # writing them in place. Measured interleaved on 2 CPU cores: within a
+      # few % of no guard at M >= 4 (~20 % dearer at M = 1), and ~10 % faster
+      # than a lax.cond between a select-free commit and this path.
       ok = (vmap(self.guard_ok)(new_o) if self.guard_ok is not None
             else vmap(_all_finite)(grads) & vmap(_all_finite)(updates))
       finite = jnp.isfinite(l) & ok
