@@ -64,7 +64,9 @@ def leaf_all_finite(a: jax.Array) -> jax.Array:
     a = a.astype(jnp.float32)  # bf16 / f16: the weight is not representable
   rows = a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
   w = jnp.full((rows.shape[0],), _FINITE_WEIGHT[a.dtype], a.dtype)
-  return jnp.isfinite(jnp.sum(w @ rows))
+  # HIGHEST: no bf16/tf32 rounding of the inputs (which could round the
+  # largest finite float32 values up to Inf) whatever the default precision.
+  return jnp.isfinite(jnp.sum(jnp.dot(w, rows, precision=jax.lax.Precision.HIGHEST)))
 
 
 def _all_finite(tree) -> jax.Array:

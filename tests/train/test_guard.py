@@ -37,6 +37,13 @@ def test_leaf_all_finite_is_all_isfinite(name, a):
   np.testing.assert_array_equal(jax.vmap(leaf_all_finite)(stacked), [want, True])
 
 
+def test_max_finite_values_under_a_low_default_matmul_precision():
+  a = jnp.full((64, 8), F32_MAX, jnp.float32)
+  with jax.default_matmul_precision("bfloat16"):
+    assert bool(jax.jit(leaf_all_finite)(a))
+    assert not bool(jax.jit(leaf_all_finite)(a.at[5, 5].set(jnp.nan)))
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_leaves(dtype):
   a = jnp.full((8, 8), jnp.finfo(dtype).max, dtype)
