@@ -56,6 +56,16 @@ def verdict(ok):
   return "met" if ok else "**missed**"
 
 
+def at_least_one(rows, key, label):
+  """A targets row: is the ratio ``rows[i][key]['median']`` >= 1.0 at every row?"""
+  worst = min(rows, key=lambda r: r[key]["median"])
+  below = [f"{r['model']} M={r['members']}: {r[key]['median']:.2f}x"
+           for r in rows if r[key]["median"] < 1.0]
+  return (label, verdict(not below),
+          f"worst {worst['model']} M={worst['members']} {worst[key]['median']:.2f}x" +
+          (f"; below 1.0: {', '.join(below)}" if below else ""))
+
+
 def targets(res):
   out = []
   step = res.get("ensemble_step")
@@ -63,29 +73,15 @@ def targets(res):
   cm = res.get("compile_memory")
   if step:
     rows = step["rows"]
-    worst = min(rows, key=lambda r: r["fj_vs_jax_loop"]["median"])
-    ok = all(r["fj_vs_jax_loop"]["median"] >= 1.0 for r in rows)
-    below = [f"{r['model']} M={r['members']}: {r['fj_vs_jax_loop']['median']:.2f}x"
-             for r in rows if r["fj_vs_jax_loop"]["median"] < 1.0]
-    out.append(("Training: stacked >= 1.0x the JAX loop at every M, all models",
-                verdict(ok), f"worst {worst['model']} M={worst['members']} "
-                f"{worst['fj_vs_jax_loop']['median']:.2f}x" +
-                (f"; below 1.0: {', '.join(below)}" if below else "")))
+    out.append(at_least_one(rows, "fj_vs_jax_loop",
+                            "Training: stacked >= 1.0x the JAX loop at every M, all models"))
     same_semantics = [("fj_vs_jax_loop_guarded", "the default (guarded) step against a loop "
                        "with the same non-finite guard"),
                       ("fj_noguard_vs_jax_loop", "make_step(guard=False) against the plain "
                        "loop (both unguarded)")]
     for key, label in same_semantics:
-      if not all(key in r for r in rows):
-        continue
-      okg = all(r[key]["median"] >= 1.0 for r in rows)
-      worstg = min(rows, key=lambda r: r[key]["median"])
-      belowg = [f"{r['model']} M={r['members']}: {r[key]['median']:.2f}x"
-                for r in rows if r[key]["median"] < 1.0]
-      out.append((f"(same, {label})", verdict(okg),
-                  f"worst {worstg['model']} M={worstg['members']} "
-                  f"{worstg[key]['median']:.2f}x" +
-                  (f"; below 1.0: {', '.join(belowg)}" if belowg else "")))
+      if all(key in r for r in rows):
+        out.append(at_least_one(rows, key, f"(same, {label})"))
     d = row(rows, model="digits_mlp", members=16)
     if d:
       out.append(("Digits MLP M=16: >= 1.5x the JAX loop", verdict(
@@ -105,14 +101,8 @@ def targets(res):
           f"GFLOP/s ({mn['fj_gflops']:.1f} GFLOP/s; the loop {mn['jax_loop_pct_peak']:.0f}%)"))
   if inf:
     rows = inf["rows"]
-    ok = all(r["fj_vs_jax_loop"]["median"] >= 1.0 for r in rows)
-    worst = min(rows, key=lambda r: r["fj_vs_jax_loop"]["median"])
-    below = [f"{r['model']} M={r['members']}: {r['fj_vs_jax_loop']['median']:.2f}x"
-             for r in rows if r["fj_vs_jax_loop"]["median"] < 1.0]
-    out.append(("Inference: stacked >= 1.0x the JAX loop at every M, all models", verdict(ok),
-                f"worst {worst['model']} M={worst['members']} "
-                f"{worst['fj_vs_jax_loop']['median']:.2f}x" +
-                (f"; below 1.0: {', '.join(below)}" if below else "")))
+    out.append(at_least_one(rows, "fj_vs_jax_loop",
+                            "Inference: stacked >= 1.0x the JAX loop at every M, all models"))
     mn = row(rows, model="mnist_mlp", members=16)
     if mn:
       out.append(("MNIST MLP M=16: inference >= 80% of the GEMM peak", verdict(
