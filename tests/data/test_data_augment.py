@@ -35,3 +35,20 @@ def test_flip_only():
   assert all(f or s for f, s in zip(flipped, same))
   assert 10 < sum(flipped) < 54
   np.testing.assert_array_equal(data.crop_flip(jax.random.key(1), x, padding=0, flip=False), x)
+
+
+def test_translation_pads_with_fill():
+  """``flip=False`` with a ``fill`` shifts digits over their own background."""
+  bg = -0.4242
+  x = np.full((32, 6, 6, 1), bg, np.float32)
+  x[:, 2:4, 2:4] = 1.0
+  out = np.asarray(data.crop_flip(jax.random.key(4), x, padding=2, flip=False, fill=bg))
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=bg)
+  for b in range(len(x)):
+    windows = [padded[b, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+    assert any(np.array_equal(out[b], w) for w in windows)
+  # Only background and the (moved) square: never a 0 from zero-padding.
+  assert set(np.unique(out)) <= {np.float32(bg), np.float32(1.0)}
+  # The square moved in some images (4 pixels of 1.0 each, wherever it went).
+  assert (out == 1.0).sum(axis=(1, 2, 3)).tolist() == [4] * len(x)
+  assert sum(not np.array_equal(o, i) for o, i in zip(out, x)) > len(x) // 2
