@@ -1,14 +1,14 @@
 """GPU: Figure 1 with LeNet-style CNN members (fusionjax.models.CNN) on MNIST, M = 1..10.
 
-Needs a GPU (not run in this session: the CPU machine trains a 10-member CNN
-ensemble too slowly for the 60-minute budget; see fig1_ensemble_size for the
-MLP version that runs on CPU). Command:
+Needs a GPU (never run: no GPU has been lent to this project yet). Wider
+members (32 and 64 channels) and 3 seeds; the CPU version with LeNet-5-size
+members and one seed is ``fig1_cnn_ensemble_size``. Command:
 
     python experiments/run.py --config gpu_fig1_cnn_ensemble_size --data-dir ../shared/data/mnist
 
 Anchors it is meant to meet (uncertainty-baselines, MNIST LeNet-5): one
 member 99.1 % accuracy / NLL 0.037; ensemble of 10: 99.4 % / NLL 0.016 /
-ECE 0.005. Runtime and numbers: not measured here (no GPU in this session).
+ECE 0.005. Runtime and numbers: not measured (no GPU).
 """
 
 

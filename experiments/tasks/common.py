@@ -94,11 +94,6 @@ class PatchConv(nn.Module):
     return p @ w + b
 
 
-def _pool2(x):
-  b, h, w, c = x.shape
-  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
 class PatchCNN(nn.Module):
   """LeNet-5-style CNN (conv5-pool-conv5-pool-dense-dense), CPU-friendly when vmapped.
 
@@ -115,7 +110,7 @@ class PatchCNN(nn.Module):
     if x.ndim == 3:
       x = x[..., None]
     for width in self.features:
-      x = _pool2(nn.relu(PatchConv(width)(x)))
+      x = fj.models.max_pool(nn.relu(PatchConv(width)(x)), 2)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden)(x))
     return nn.Dense(self.num_classes)(x)
@@ -207,7 +202,10 @@ def fit_per_member(ens, cfg: dict, x, y, indices: Sequence[np.ndarray], key, *,
 
   Used for cross-fitting (fold replicas) and for soup ingredients (one start,
   different data orders). ``init_params`` (member-stacked) replaces the
-  initial params, with a fresh optimizer state.
+  initial params, with a fresh optimizer state. ``cfg['shift']`` (pixels)
+  translates every training image by a random offset of up to that many
+  pixels each step (``fj.data.crop_flip(..., flip=False)``), padding with the
+  background, taken to be the smallest pixel value of ``x``.
   """
   tx = optimizer(cfg, steps)
   batch = min(cfg["batch_size"], min(len(i) for i in indices))
@@ -217,10 +215,12 @@ def fit_per_member(ens, cfg: dict, x, y, indices: Sequence[np.ndarray], key, *,
     opt = fj.train.make_optimizer(ens, tx)
     state = state._replace(params=params, opt_state=opt.init(params))
   step = fj.train.make_step(ens, tx, per_member=True)
+  shift, background = cfg.get("shift", 0), float(np.min(x))
+  shift_key = jax.random.fold_in(key, 0x5817)
   rng = np.random.default_rng(seed)
   orders = [rng.permutation(i) for i in indices]
   pos = [0] * len(indices)
-  for _ in range(steps):
+  for i in range(steps):
     rows = []
     for m, idx in enumerate(indices):
       if pos[m] + batch > len(idx):
@@ -228,7 +228,11 @@ def fit_per_member(ens, cfg: dict, x, y, indices: Sequence[np.ndarray], key, *,
       rows.append(orders[m][pos[m]:pos[m] + batch])
       pos[m] += batch
     rows = np.stack(rows)
-    state, _ = step(state, {"x": x[rows], "y": y[rows]})
+    xb = x[rows]
+    if shift:
+      xb = fj.data.crop_flip(jax.random.fold_in(shift_key, i), xb, padding=shift, flip=False,
+                             fill=background)
+    state, _ = step(state, {"x": xb, "y": y[rows]})
   return state
 
 

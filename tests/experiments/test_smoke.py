@@ -119,3 +119,17 @@ def test_numpy_mean_fusion_matches_library():
   z = np.random.default_rng(0).normal(size=(5, 7, 10)).astype(np.float32) * 5
   want = np.asarray(fj.fusion.mean().apply((), jnp.asarray(z)))
   np.testing.assert_allclose(common.mean_fused(z), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_anchor_verdict_compares_at_printed_precision():
+  sys.path.insert(0, str(ROOT / "paper"))
+  try:
+    from make_figures import cnn_anchor_verdict  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(ROOT / "paper"))
+  assert cnn_anchor_verdict(99.35, 0.019, 0.0034) == (
+      "the accuracy is 0.05 points short, the NLL is 0.003 higher and the ECE meets it")
+  # 99.396 prints as 99.40 and 0.0164 as 0.016: both meet the anchor as printed.
+  assert cnn_anchor_verdict(99.396, 0.0164, 0.004) == (
+      "the ensemble meets all three (accuracy, NLL and ECE)")
+  assert cnn_anchor_verdict(99.5, 0.015, 0.0056).endswith("the ECE is 0.001 higher")
