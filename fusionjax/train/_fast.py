@@ -19,7 +19,10 @@ the chunk back into the donated state in place:
 * for members with convolutions, one jitted call per chunk from a host loop
   (:meth:`ChunkedStep.host`): inside a ``while`` body XLA:CPU keeps backward
   convolutions in a generic form ~3x slower, and vmapped convolutions become
-  grouped ones.
+  grouped ones. (Grouped convolutions also break the per-member guard with
+  per-member batches: XLA:CPU's kernel gradient of a grouped convolution
+  spreads one member's NaN to every member, so the vmapped step then skips all
+  members' updates; the host layout skips only the non-finite member.)
 
 The guard is ``skip_nonfinite`` as the vmapped step applies it, its verdict
 one GEMV per leaf (:func:`~fusionjax.train._step.leaf_all_finite`), and selects

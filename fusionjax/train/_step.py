@@ -303,7 +303,10 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
       in cache and written back in place (a ``fori_loop`` in one program; a
       loop of one jitted call per member for convolutional members, see
       :mod:`fusionjax.train._fast`); ``'auto'`` sizes ``k`` from the
-      parameter count. ``None``: one vmap over all members. Used for regime
+      parameter count. ``None``: one vmap over all members (with
+      convolutional members and ``per_member`` batches, XLA:CPU's grouped
+      convolutions then let one non-finite member's NaN reach every member's
+      kernel gradient, so the guard skips every member's update). Used for regime
       ``'independent'`` with a ``from_fn``/``from_linen``/``from_nnx``
       ensemble and no mesh; otherwise the vmapped step runs.
 
