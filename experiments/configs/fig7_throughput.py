@@ -14,12 +14,12 @@ Runtime: about 0 s when it copies the benchmark's file (the benchmark itself,
 `--cycles 9` run); about 1.5 min when it measures (89 s measured under load); smoke mode:
 a few seconds.
 
-Expected (benchmarks/results/ensemble_step.json, 2-core AMD EPYC, jax 0.10.2,
-2026-11-22, a noisy day; member-samples/s, stacked / loop, then the median per-cycle ratio):
-    digits_mlp M=1: 132k / 141k (0.93x), M=4: 129k / 105k (1.03x),
-               M=16: 137k / 115k (1.12x), M=64: 186k / 129k (1.45x)
-    mnist_mlp  M=1:  73k /  87k (0.90x), M=4:  50k /  70k (0.75x),
-               M=16: 62k /  54k (1.09x), M=64: 73k /  57k (1.29x)
+Expected (benchmarks/results/ensemble_step.json, `--cycles 9`, 492 s, 2-core AMD EPYC,
+jax 0.10.2, 2026-11-22; member-samples/s, stacked / loop, then the median per-cycle ratio):
+    digits_mlp M=1: 133k / 146k (0.89x), M=4: 158k / 152k (1.02x),
+               M=16: 178k / 147k (1.21x), M=64: 205k / 152k (1.34x)
+    mnist_mlp  M=1:  76k /  78k (0.89x), M=4:  69k /  71k (1.01x),
+               M=16: 86k /  75k (1.08x), M=64: 83k /  59k (1.42x)
 """
 
 
