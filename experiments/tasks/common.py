@@ -215,7 +215,8 @@ def fit_per_member(ens, cfg: dict, x, y, indices: Sequence[np.ndarray], key, *,
     opt = fj.train.make_optimizer(ens, tx)
     state = state._replace(params=params, opt_state=opt.init(params))
   step = fj.train.make_step(ens, tx, per_member=True)
-  shift, background = cfg.get("shift", 0), float(np.min(x))
+  shift = cfg.get("shift", 0)
+  background = float(np.min(x)) if shift else 0.0
   shift_key = jax.random.fold_in(key, 0x5817)
   rng = np.random.default_rng(seed)
   orders = [rng.permutation(i) for i in indices]

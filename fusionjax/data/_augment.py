@@ -12,7 +12,7 @@ def crop_flip(
     key: jax.Array, images: jax.Array, *, padding: int = 4, flip: bool = True,
     fill: float | jax.Array = 0.0,
 ) -> jax.Array:
-  """Random crop after zero-padding, and random horizontal flip, per image.
+  """Random crop after padding, and random horizontal flip, per image.
 
   The standard CIFAR augmentation: pad ``padding`` pixels on each side, crop
   back to ``H x W`` at a random offset, flip left-right with probability 1/2.
@@ -43,6 +43,9 @@ def crop_flip(
     section 4.2 (4-pixel padding, 32x32 crops, horizontal flips).
   """
   images = jnp.asarray(images)
+  if jnp.ndim(fill) != 0:
+    raise ValueError(f"crop_flip: fill must be a scalar (one padding value for every "
+                     f"channel); got shape {jnp.shape(fill)}.")
   *lead, h, w, c = images.shape
   flat = images.reshape(-1, h, w, c)
   k_offset, k_flip = jax.random.split(key)

@@ -2,6 +2,7 @@
 import chex
 import jax
 import numpy as np
+import pytest
 
 from fusionjax import data
 
@@ -52,3 +53,8 @@ def test_translation_pads_with_fill():
   # The square moved in some images (4 pixels of 1.0 each, wherever it went).
   assert (out == 1.0).sum(axis=(1, 2, 3)).tolist() == [4] * len(x)
   assert sum(not np.array_equal(o, i) for o, i in zip(out, x)) > len(x) // 2
+
+
+def test_fill_must_be_a_scalar():
+  with pytest.raises(ValueError, match=r"fill must be a scalar.*\(3,\)"):
+    data.crop_flip(jax.random.key(0), X, fill=np.zeros(3, np.float32))
