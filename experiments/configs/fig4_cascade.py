@@ -3,14 +3,15 @@
 Command:
     python experiments/run.py --config fig4_cascade --data-dir ../shared/data/mnist
 
-Runtime: 1.0 min (measured: 60 s of wall-clock time in `run.py --all` on the 2-core CPU
-machine, load average 3-10 from parallel test runs; smoke mode: a few seconds).
+Runtime: 0.6 min (measured: 34 s of wall-clock time in one fresh-clone `run.py --all` on the
+2-core CPU machine, 1617.7 s for all eight configs with nothing else running; smoke mode:
+a few seconds).
 
 Expected (measured in that run, test split):
-    one member 98.17 %, full ensemble of 8 (mean of probabilities) 98.42 %;
-    the prefix-mean cascade (top-probability confidence) matches 98.42 % at 14.2 % of the
-    ensemble's cost (threshold 0.8); with the threshold chosen on validation: 98.43 % at
-    16.7 %; top-2 margin: 14.5 %.
+    one member 98.22 %, full ensemble of 8 (mean of probabilities) 98.45 %;
+    the prefix-mean cascade (top-probability confidence) matches it with 98.48 % at 15.4 %
+    of the ensemble's cost (threshold 0.9); with the threshold chosen on validation: 98.47 %
+    at 16.6 %; top-2 margin: 98.46 % at 14.6 %.
 
 """
 

@@ -8,10 +8,11 @@ as im2col (``patch_cnn`` in experiments/tasks/common.py) because a vmapped
 ``nn.Conv`` becomes a grouped convolution that XLA:CPU runs 5-15x slower per
 member; on a GPU use ``name='cnn'`` (fusionjax.models.CNN).
 
-Runtime: 2.2 min (measured: 135 s of wall-clock time in `run.py --all` on the 2-core CPU
-machine, load average 3-10 from parallel test runs; smoke mode: a few seconds).
+Runtime: 1.5 min (measured: 90 s of wall-clock time in one fresh-clone `run.py --all` on the
+2-core CPU machine, 1617.7 s for all eight configs with nothing else running; smoke mode:
+a few seconds).
 
-Expected (measured in that run, test split, accuracy / NLL):
+Expected (measured in that run, the same numbers as an earlier run, test split, accuracy / NLL):
     CNN members 97.89-98.17 %, GRU members 92.89-93.18 %;
     mean of CNNs 98.28 % / 0.056, mean of GRUs 94.81 % / 0.199, mean of all 98.04 % / 0.108,
     learned per-member weights 98.30 % / 0.055, weighted group means 98.29 % / 0.057,
