@@ -207,7 +207,7 @@ def fig1_cnn(out: Out, rec):
   out.num("CnnEpochs", str(rec["config"]["epochs"]))
   shift = rec["config"].get("shift", 0)
   out.num("CnnAugment", f"every training image translated at random by up to {shift} pixels "
-          "in each direction at every step (padded with the background)" if shift else
+          "in each direction at every step, padded with the background" if shift else
           "without data augmentation")
   out.num("CnnSeeds", str(len({r["seed"] for r in rows})))
   accs = [a for m in res["members"] for a in m["accuracy"]]
@@ -227,7 +227,7 @@ def cnn_anchor_verdict(acc: float, nll: float, ece: float) -> str:
   # Compare at the precision the paper prints (two decimals, three for NLL and ECE).
   acc, nll, ece = round(acc, 2), round(nll, 3), round(ece, 3)
   if acc >= a_acc and nll <= a_nll and ece <= a_ece:
-    return "the ensemble meets all three (accuracy, NLL and ECE)"
+    return "the ensemble meets its accuracy, its NLL and its ECE"
   parts = []
   parts.append("the accuracy meets it" if acc >= a_acc else
                f"the accuracy is {a_acc - acc:.2f} points short")

@@ -131,5 +131,5 @@ def test_cnn_anchor_verdict_compares_at_printed_precision():
       "the accuracy is 0.05 points short, the NLL is 0.003 higher and the ECE meets it")
   # 99.396 prints as 99.40 and 0.0164 as 0.016: both meet the anchor as printed.
   assert cnn_anchor_verdict(99.396, 0.0164, 0.004) == (
-      "the ensemble meets all three (accuracy, NLL and ECE)")
+      "the ensemble meets its accuracy, its NLL and its ECE")
   assert cnn_anchor_verdict(99.5, 0.015, 0.0056).endswith("the ECE is 0.001 higher")
