@@ -33,8 +33,8 @@ class BNDrop(nn.Module):
 
 def _run(ens, tx, chunk, steps=3, guard=True, per_member=False, poison=None, batches=None):
   state = fj.train.init(ens, tx, jax.random.key(0), X[:1], guard=guard)
-  if poison is not None:  # member `poison` gets NaN weights: its update is skipped
-    params = jax.tree.map(lambda a: a.at[poison].set(jnp.nan) if a.ndim == 3 else a,
+  if poison is not None:  # member `poison` gets NaN kernels: its update is skipped
+    params = jax.tree.map(lambda a: a.at[poison].set(jnp.nan) if a.ndim >= 3 else a,
                           state.params["members"])
     state = state._replace(params={"members": params, "fusion": ()})
   step = fj.train.make_step(ens, tx, member_chunk=chunk, guard=guard, per_member=per_member)
@@ -128,29 +128,16 @@ def _conv_batch(m, per_member):
   return x, {"x": x[idx], "y": y[idx]}
 
 
-def _conv_run(ens, chunk, batch, x, guard, per_member, poison=None):
-  tx = optax.adam(1e-2)
-  state = fj.train.init(ens, tx, jax.random.key(0), x[:1], guard=guard)
-  if poison is not None:  # the member's kernel is NaN
-    params = jax.tree.map(lambda a: a.at[poison].set(jnp.nan) if a.ndim == 5 else a,
-                          state.params["members"])
-    state = state._replace(params={"members": params, "fusion": ()})
-  step = fj.train.make_step(ens, tx, member_chunk=chunk, guard=guard, per_member=per_member)
-  logs = None
-  for _ in range(2):
-    state, logs = step(state, batch)
-  return state, logs
-
-
 @pytest.mark.parametrize("chunk,guard,per_member", [
     ("auto", True, False), ("auto", False, False), (2, True, False), (2, False, True),
     ("auto", True, True)])
 def test_host_layout_equals_vmapped_step(chunk, guard, per_member):
   """Conv members in the host layout (chunks of 1 or 2): the vmapped step's state and logs."""
   ens = fj.ensemble.from_linen(ConvBNDrop(), 3)
-  x, batch = _conv_batch(3, per_member)
-  _assert_same(_conv_run(ens, chunk, batch, x, guard, per_member),
-               _conv_run(ens, None, batch, x, guard, per_member))
+  _, batch = _conv_batch(3, per_member)
+  tx, batches = optax.adam(1e-2), [batch] * 2
+  _assert_same(_run(ens, tx, chunk, guard=guard, per_member=per_member, batches=batches),
+               _run(ens, tx, None, guard=guard, per_member=per_member, batches=batches))
 
 
 @pytest.mark.parametrize("per_member", [False, True])
@@ -163,15 +150,23 @@ def test_host_layout_isolates_a_nonfinite_member(per_member):
   """
   ens = fj.ensemble.from_linen(ConvBNDrop(), 3)
   x, batch = _conv_batch(3, per_member)
-  clean, _ = _conv_run(ens, "auto", batch, x, True, per_member)
-  state, logs = _conv_run(ens, "auto", batch, x, True, per_member, poison=1)
+  tx, batches = optax.adam(1e-2), [batch] * 2
+  clean, _ = _run(ens, tx, "auto", per_member=per_member, batches=batches)
+  state, logs = _run(ens, tx, "auto", per_member=per_member, poison=1, batches=batches)
   np.testing.assert_array_equal(logs["finite"], [True, False, True])
   keep = lambda t: jax.tree.map(lambda a: a[jnp.array([0, 2])], t)
   chex.assert_trees_all_close(keep(state.params), keep(clean.params), rtol=1e-6, atol=1e-7)
   chex.assert_trees_all_close(keep(state.state), keep(clean.state), rtol=1e-6, atol=1e-7)
-  init = fj.train.init(ens, optax.adam(1e-2), jax.random.key(0), x[:1])
+  init = fj.train.init(ens, tx, jax.random.key(0), x[:1])
   bias = lambda t: t["members"]["BatchNorm_0"]["bias"][1]
   chex.assert_trees_all_equal(bias(state.params), bias(init.params))
+
+
+def test_guarded_chunked_step_needs_the_verdict():
+  ens = fj.ensemble.from_linen(models.MLP(10, (8,)), 2)
+  tx = fj.train.skip_nonfinite(optax.adam(1e-3))
+  with pytest.raises(ValueError, match="guard_ok"):
+    _fast.make_chunked_step(ens, tx, loss=None, per_member=False, guard=True)
 
 
 def test_chunked_step_updates_the_state_in_place():
