@@ -118,7 +118,7 @@ def from_fn(member_init: Callable, member_apply: Callable, size: int,
     name: prefix of the member names (``name0``, ``name1``, ...).
 
   Returns:
-    An :class:`Ensemble` whose ``init`` vmaps ``member_init`` over M keys and
+    An :class:`Ensemble` whose ``init`` maps ``member_init`` over M keys and
     whose ``apply`` vmaps ``member_apply`` over the member axis.
 
   Example:
@@ -136,7 +136,11 @@ def from_fn(member_init: Callable, member_apply: Callable, size: int,
   def init(key, x):
     _check_batch(x, size, per_member=False)
     keys = jax.random.split(key, size)
-    variables = jax.vmap(member_init, in_axes=(0, None))(keys, x)
+    # lax.map, not vmap: the same values bit for bit (tests/ensemble), but XLA
+    # compiles one member's random-number kernels instead of member-batched
+    # ones, which LLVM unrolls far more: 2-4x less compile time at M >= 4
+    # (benchmarks/compile_memory.py), and init runs once.
+    variables = jax.lax.map(lambda k: member_init(k, x), keys)
     shapes["abstract"] = jax.tree.map(lambda a: a.shape, variables)
     return variables
 

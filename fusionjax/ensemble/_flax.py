@@ -76,7 +76,7 @@ def from_nnx(module_factory: Callable[[nnx.Rngs], nnx.Module], size: int, *,
   """An ensemble of NNX modules, through ``nnx.split`` / ``nnx.merge``.
 
   ``module_factory(rngs)`` builds one member; it is called once per member
-  key inside ``jax.vmap``. ``nnx.Param`` variables are trained; every other
+  key (``init`` maps it over the keys). ``nnx.Param`` variables are trained; every other
   variable (``nnx.BatchStat``, RNG state) is per-member state. Members are
   switched to ``train()`` / ``eval()`` mode per call, and their ``dropout``
   stream is reseeded from the per-member key.

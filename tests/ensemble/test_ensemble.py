@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax import nnx
 
 import fusionjax as fj
@@ -123,3 +124,44 @@ def test_bad_input_errors():
   gv = g.init(jax.random.key(0), X[:1])
   with pytest.raises(errors.GroupShapeError, match=r"'a': \(6, 10\).*'b': \(6, 7\)"):
     g.apply(gv, X)
+
+
+class ConvBN(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.Dropout(0.3, deterministic=not train)(x)
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def _linen_member_init(module):
+  def member_init(key, x):
+    v = module.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x)
+    return {"params": v["params"], "state": {k: c for k, c in v.items() if k != "params"}}
+  return member_init
+
+
+def _nnx_member_init(key, x):
+  del x
+  _, params, rest = nnx.split(Lin(nnx.Rngs(params=key, dropout=key)), nnx.Param, ...)
+  return {"params": nnx.to_pure_dict(params), "state": nnx.to_pure_dict(rest)}
+
+
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "conv_bn_dropout", "nnx"])
+def test_init_maps_members_with_the_bits_of_vmap(kind, m):
+  """``init`` runs ``lax.map`` over the member keys (it compiles 2-4x faster);
+  the values must be exactly those of ``vmap``, which it replaced."""
+  member_init = {"mlp": lambda: _linen_member_init(models.MLP(10, (32, 16))),
+                 "cnn": lambda: _linen_member_init(models.CNN(10, (4, 8), 16)),
+                 "conv_bn_dropout": lambda: _linen_member_init(ConvBN()),
+                 "nnx": lambda: _nnx_member_init}[kind]()
+  x = jnp.zeros((1, 28, 28, 1) if kind == "cnn" else (1, 8, 8, 1), jnp.float32)
+  ens = fj.ensemble.from_fn(member_init, lambda v, x, k, t: (x, v["state"]), m)
+  got = jax.jit(ens.init)(jax.random.key(7), x)
+  want = jax.jit(lambda key, x: jax.vmap(member_init, in_axes=(0, None))(
+      jax.random.split(key, m), x))(jax.random.key(7), x)
+  chex.assert_trees_all_equal(got, want)  # exact, no tolerance
+  chex.assert_tree_shape_prefix(got["params"], (m,))
