@@ -12,7 +12,7 @@ Here the single-member step (forward, backward, optimizer, guard) runs chunk of
 members by chunk of members while the chunk's arrays are in cache, and writes
 the chunk back into the donated state in place:
 
-* in one program, a ``fori_loop`` over chunks whose carry is the state
+* in one program, a ``scan`` over chunks whose carry is the state
   (:func:`_over_chunks`); a chunk of one member is the plain single-member
   program, a larger chunk is vmapped with the shared batch broadcast (batched
   dots, no transposes);
@@ -108,10 +108,11 @@ def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int,
     sh = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), shared)
     out = jax.vmap(compute)(c, r, sh)
   new, new_aux = update(c, out, looping)
-  if aux is None:  # shape probing (_aux_zeros)
-    return new, new_aux
   put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, 0)
-  return jax.tree.map(put, carried, new), jax.tree.map(put, aux, new_aux)
+  carried = jax.tree.map(put, carried, new)
+  if aux is None:  # the caller places the chunk's aux (a scan stacks it)
+    return carried, new_aux
+  return carried, jax.tree.map(put, aux, new_aux)
 
 
 def _aux_zeros(compute, update, carried, rest, shared, size, n):
@@ -124,7 +125,7 @@ def _aux_zeros(compute, update, carried, rest, shared, size, n):
 
 
 def _over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
-  """Every member's ``update(compute(...))``, chunk by chunk in a ``fori_loop``, in place.
+  """Every member's ``update(compute(...))``, chunk by chunk in a ``scan``, in place.
 
   ``carried`` (params, BN state, optimizer state; donated by the caller's
   jit) is the loop carry and is written chunk by chunk; ``rest`` are
@@ -132,18 +133,21 @@ def _over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
   member reads. See :func:`_run_chunk`. Returns ``(new_carried, aux)``.
   """
   n = min(chunk, size)
-  aux = _aux_zeros(compute, update, carried, rest, shared, size, n)
   n_full = size // n
   looping = n_full > 1 or size % n != 0
-  run = lambda start, k, ca: _run_chunk(compute, update, *ca, rest, shared, start, k,
+  run = lambda start, k, ca: _run_chunk(compute, update, ca, None, rest, shared, start, k,
                                         looping)
   if n_full == 1:
-    carried, aux = run(0, n, (carried, aux))
+    carried, aux = run(0, n, carried)
   else:
-    carried, aux = jax.lax.fori_loop(0, n_full, lambda i, ca: run(i * n, n, ca),
-                                     (carried, aux))
+    # A scan stacks each chunk's aux as its output, so the chunk is traced once
+    # (a fori_loop would need the aux's zeros first: a second trace).
+    carried, aux = jax.lax.scan(lambda ca, i: run(i * n, n, ca), carried,
+                                jnp.arange(n_full))
+    aux = jax.tree.map(lambda a: a.reshape((n_full * n,) + a.shape[2:]), aux)
   if size % n:
-    carried, aux = run(n_full * n, size % n, (carried, aux))
+    carried, tail = run(n_full * n, size % n, carried)
+    aux = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), aux, tail)
   return carried, aux
 
 
@@ -200,7 +204,7 @@ class ChunkedStep:
 
   Two layouts of the same computation (same state, same logs):
 
-  * :meth:`pure`: one program; a ``fori_loop`` over chunks whose carry is the
+  * :meth:`pure`: one program; a ``scan`` over chunks whose carry is the
     member-stacked state, written in place chunk by chunk
     (:func:`_over_chunks`). ``make_step(jit=True)`` jits it with the state
     donated.
@@ -304,7 +308,7 @@ class ChunkedStep:
                           opt_state=opt_state, key=key), logs
 
   def pure(self, state, batch):
-    """The whole step as one program (a ``fori_loop`` over chunks)."""
+    """The whole step as one program (a ``scan`` over chunks)."""
     carried, data, shared, chunk = self._begin(state, batch)
     key, sub = jax.random.split(state.key)
     keys = jax.random.split(sub, self.size)  # as Ensemble.apply: member m gets keys[m]
