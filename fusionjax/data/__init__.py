@@ -11,8 +11,6 @@ prefetch to device, sharding over the mesh's ``'data'`` axis),
 from fusionjax.data._augment import crop_flip
 from fusionjax.data._bootstrap import bootstrap
 from fusionjax.data._bootstrap import out_of_bag
-from fusionjax.data._builder import IDX_DATASETS
-from fusionjax.data._builder import IdxImages
 from fusionjax.data._folds import Fold
 from fusionjax.data._folds import kfold
 from fusionjax.data._idx import parse_idx
@@ -34,3 +32,11 @@ from fusionjax.data._sources import split_validation
 from fusionjax.data._sources import Splits
 from fusionjax.data._sources import stratified_split
 from fusionjax.data._sources import subset
+
+
+def __getattr__(name):
+  # The tfds builder imports tensorflow_datasets (0.2 s): only on first use.
+  if name in ("IDX_DATASETS", "IdxImages"):
+    from fusionjax.data import _builder  # pylint: disable=g-import-not-at-top
+    return getattr(_builder, name)
+  raise AttributeError(f"module 'fusionjax.data' has no attribute {name!r}")

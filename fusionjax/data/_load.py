@@ -17,10 +17,8 @@ import pathlib
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from fusionjax import errors
-from fusionjax.data import _builder  # registers fusionjax_idx with tfds
 from fusionjax.data import _sources
 
 #: Environment variable naming the data dir (same as ``--data-dir``).
@@ -29,6 +27,17 @@ DATA_ENV = "FUSIONJAX_DATA"
 #: read-only.
 CACHE_ENV = "FUSIONJAX_CACHE"
 _DEFAULT_DIR = pathlib.Path("~/.cache/fusionjax")
+
+
+def _tfds():
+  """``(tensorflow_datasets, fusionjax's IDX builder module)``, imported on first use.
+
+  tfds takes about 0.2 s to import, which ``import fusionjax``, digits and
+  training never need; importing ``_builder`` registers ``fusionjax_idx``.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from fusionjax.data import _builder  # pylint: disable=g-import-not-at-top
+  return tfds, _builder
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -130,6 +139,7 @@ def prepare_idx(
     CorruptFileError, DataMismatchError, LabelError, EmptySplitError: bad files;
       nothing is left half-written, so fix them and call again.
   """
+  tfds, _builder = _tfds()
   if name not in _builder.IDX_DATASETS:
     raise errors.DataNotFoundError(
         f"no IDX data set {name!r}; known: {list(_builder.IDX_DATASETS)}."
@@ -218,6 +228,7 @@ def from_tfds(
   Example:
     >>> test = from_tfds("cifar10", "~/tensorflow_datasets", "test")  # doctest: +SKIP
   """
+  tfds, _builder = _tfds()
   if data_dir is None and os.environ.get(DATA_ENV):
     data_dir = os.environ[DATA_ENV]
   if data_dir is not None:
@@ -305,6 +316,7 @@ def load(
   """
   if name == "digits":
     return _sources.digits(val_size=val_size, val_fraction=val_fraction, seed=seed)
+  _, _builder = _tfds()
   own_validation = name not in _builder.IDX_DATASETS and (
       val_size is None and val_fraction is None
   )

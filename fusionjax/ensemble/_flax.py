@@ -1,10 +1,14 @@
 """Adapters from Flax modules (Linen and NNX) to stacked ensembles."""
+from __future__ import annotations
+
 import inspect
-from typing import Callable, Optional
+from typing import Callable, Optional, TYPE_CHECKING
 
 import jax
 from flax import linen as nn
-from flax import nnx
+
+if TYPE_CHECKING:  # flax.nnx takes 0.15 s to import; from_nnx imports it
+  from flax import nnx
 
 from fusionjax.ensemble._base import Ensemble, from_fn
 
@@ -98,6 +102,7 @@ def from_nnx(module_factory: Callable[[nnx.Rngs], nnx.Module], size: int, *,
     >>> ens.apply(v, jnp.ones((2, 5)))[0].shape
     (4, 2, 3)
   """
+  from flax import nnx  # pylint: disable=g-import-not-at-top,redefined-outer-name
   graph = {}
 
   def build(key):
