@@ -210,9 +210,10 @@ class ChunkedStep:
     donated.
   * :meth:`host`: a Python loop over chunks, each chunk one jitted call that
     updates the donated state in place (the loop of single-member steps,
-    without splitting or restacking the state). Used for members with
-    convolutions: inside a ``while`` body XLA:CPU keeps the backward
-    convolutions in their generic, several times slower form.
+    without splitting or restacking the state). Used for two or more members
+    with convolutions: inside a ``while`` body XLA:CPU keeps the backward
+    convolutions in their generic, several times slower form. One member is
+    :meth:`pure`, which then has no loop (and no start and finish calls).
 
   Attributes:
     pure: ``step(state, batch) -> (state, logs)``, unjitted.
@@ -317,47 +318,68 @@ class ChunkedStep:
     return self._end(state, key, carried, aux)
 
   def host(self, state, batch, donate: bool = True):
-    """The step as one jitted call per chunk, the state updated in place."""
+    """The step as one jitted call per chunk, the state updated in place.
+
+    The host's work per step is kept to the calls themselves: the chunk
+    offsets are device scalars made once, and the start (keys and the aux
+    buffers) is a jitted function of the key alone. Measured on 2 cores, each
+    eager ``jnp.int32(start)`` cost ~0.5 ms while XLA's threads were busy, and
+    the host thread competes with them for a core.
+    """
     carried, data, shared, chunk = self._begin(state, batch)
     if self.chunk == "auto":
       chunk = 1  # a vmapped convolution is a grouped one, slower than one by one
-    key, keys, aux = self._host_start(state.key, carried, data, shared, chunk)
+    key, keys, aux = self._host_start(chunk, state.key, carried, data, shared)(state.key)
     if not donate:
       carried = _copy(carried)
-    for start in range(0, self.size, chunk):
-      n = min(chunk, self.size - start)
-      part = self._host_parts.get(n)
-      if part is None:
-        part = self._host_parts[n] = jax.jit(
-            lambda ca, au, rest, sh, st, n=n: _run_chunk(self.compute, self.update, ca, au,
-                                                         rest, sh, st, n, True),
-            donate_argnums=(0, 1))
-      carried, aux = part(carried, aux, (keys, data), shared, jnp.int32(start))
+    for start, n, part in self._host_plan(chunk):
+      carried, aux = part(carried, aux, (keys, data), shared, start)
     return _finish(self, state, key, carried, aux)
 
-  def _host_start(self, key, carried, data, shared, chunk):
-    if "start" not in self._host_parts:
+  def _host_plan(self, chunk):
+    """``[(start as a device scalar, n, jitted part)]`` for every chunk, made once."""
+    plan = self._host_parts.get(("plan", chunk))
+    if plan is None:
+      plan = []
+      for start in range(0, self.size, chunk):
+        n = min(chunk, self.size - start)
+        part = self._host_parts.get(n)
+        if part is None:
+          part = self._host_parts[n] = jax.jit(
+              lambda ca, au, rest, sh, st, n=n: _run_chunk(self.compute, self.update, ca,
+                                                           au, rest, sh, st, n, True),
+              donate_argnums=(0, 1))
+        plan.append((jnp.int32(start), n, part))
+      self._host_parts[("plan", chunk)] = plan
+    return plan
+
+  def _host_start(self, chunk, key, carried, data, shared):
+    """``start(key) -> (next key, member keys, zero aux)``, jitted once per chunk size."""
+    start = self._host_parts.get(("start", chunk))
+    if start is None:
       size = self.size
+      probe_keys = jax.eval_shape(lambda k: jax.random.split(k, size), key)
+      aux_shapes = jax.eval_shape(
+          lambda ca, k: _aux_zeros(self.compute, self.update, ca, (k, data), shared, size,
+                                   chunk), carried, probe_keys)
 
-      def start(key, carried, data, shared):
+      def start(key):
         key, sub = jax.random.split(key)
-        keys = jax.random.split(sub, size)
-        aux = _aux_zeros(self.compute, self.update, carried, (keys, data), shared, size,
-                         chunk)
-        return key, keys, aux
+        aux = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes)
+        return key, jax.random.split(sub, size), aux
 
-      self._host_parts["start"] = jax.jit(start)
-    return self._host_parts["start"](key, carried, data, shared)
+      start = self._host_parts[("start", chunk)] = jax.jit(start)
+    return start
 
   def jitted(self, donate: bool = True):
-    """``step(state, batch)``: the host layout for members with convolutions, else jit(pure)."""
+    """``step(state, batch)``: the host layout for 2+ members with convolutions, else jit(pure)."""
     pure = jax.jit(self.pure, donate_argnums=(0,) if donate else ())
 
     def step(state, batch):
       if self._mode is None:
         conv = uses_convolution(self.ensemble, state.params["members"], state.state,
                                 batch["x"][0] if self.per_member else batch["x"])
-        self._mode = "host" if conv else "pure"
+        self._mode = "host" if conv and self.size > 1 else "pure"
       if self._mode == "host":
         return self.host(state, batch, donate)
       return pure(state, batch)

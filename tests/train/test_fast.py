@@ -128,16 +128,33 @@ def _conv_batch(m, per_member):
   return x, {"x": x[idx], "y": y[idx]}
 
 
-@pytest.mark.parametrize("chunk,guard,per_member", [
-    ("auto", True, False), ("auto", False, False), (2, True, False), (2, False, True),
-    ("auto", True, True)])
-def test_host_layout_equals_vmapped_step(chunk, guard, per_member):
-  """Conv members in the host layout (chunks of 1 or 2): the vmapped step's state and logs."""
-  ens = fj.ensemble.from_linen(ConvBNDrop(), 3)
-  _, batch = _conv_batch(3, per_member)
+@pytest.mark.parametrize("chunk,guard,per_member,m", [
+    ("auto", True, False, 3), ("auto", False, False, 3), (2, True, False, 3),
+    (2, False, True, 3), ("auto", True, True, 3), ("auto", True, False, 1)])
+def test_host_layout_equals_vmapped_step(chunk, guard, per_member, m):
+  """Conv members in the host layout (chunks of 1 or 2; one member: one program):
+  the vmapped step's state and logs."""
+  ens = fj.ensemble.from_linen(ConvBNDrop(), m)
+  _, batch = _conv_batch(m, per_member)
   tx, batches = optax.adam(1e-2), [batch] * 2
   _assert_same(_run(ens, tx, chunk, guard=guard, per_member=per_member, batches=batches),
                _run(ens, tx, None, guard=guard, per_member=per_member, batches=batches))
+
+
+@pytest.mark.parametrize("m,mode", [(1, "pure"), (3, "host")])
+def test_conv_members_layout(m, mode):
+  """Several conv members: the host loop (in a loop body XLA:CPU's backward
+  convolutions are generic). One member: the single program, which has no loop,
+  and no start and finish calls around it."""
+  ens = fj.ensemble.from_linen(ConvBNDrop(), m)
+  _, batch = _conv_batch(m, False)
+  tx = optax.adam(1e-2)
+  state = fj.train.init(ens, tx, jax.random.key(0), batch["x"][:1])
+  chunked = _fast.make_chunked_step(
+      ens, fj.train.skip_nonfinite(tx), loss=fj.train.cross_entropy, per_member=False,
+      guard=True, guard_ok=lambda o: o.ok, chunk="auto", check=None)
+  chunked.jitted()(state, batch)
+  assert chunked._mode == mode  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("per_member", [False, True])
