@@ -56,6 +56,15 @@ class MeshError(FusionJaxError):
   """
 
 
+class GuardMismatchError(FusionJaxError):
+  """The train state and the step disagree on the non-finite guard.
+
+  ``fj.train.init(..., guard=...)`` shapes the optimizer state (a guarded one
+  carries each member's verdict), so the step must be built with the same
+  value. Fix: pass the same ``guard=`` to ``init`` and ``make_step``.
+  """
+
+
 class NonFiniteError(FusionJaxError):
   """A member's loss or gradients became NaN or Inf.
 

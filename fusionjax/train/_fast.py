@@ -43,7 +43,7 @@ import optax
 
 from fusionjax.ensemble import Ensemble
 from fusionjax.ensemble._base import _check_batch, check_stacked
-from fusionjax.train._step import _all_finite
+from fusionjax.train._step import _all_finite, check_guard
 
 # Per-chunk working-set budget for chunk='auto': params, gradients and two
 # optimizer moments of the chunk's members should fit in about this many bytes
@@ -292,6 +292,7 @@ class ChunkedStep:
     members_opt = _members_opt_state(state.opt_state)
     if members_opt is None:
       raise ValueError("chunked step: the optimizer state is not make_optimizer's.")
+    check_guard(self.ensemble, state.opt_state, self.guard)
     chunk = (auto_chunk(self.ensemble, state.params["members"]) if self.chunk == "auto"
              else int(self.chunk))
     carried = (state.params["members"], state.state, members_opt)

@@ -129,6 +129,23 @@ def _members_guard_ok(ensemble: Ensemble, opt_state) -> Optional[jax.Array]:
   return None
 
 
+def check_guard(ensemble: Ensemble, opt_state, guard: bool) -> None:
+  """Raises :class:`~fusionjax.errors.GuardMismatchError` when ``opt_state``
+  was made with the other ``guard`` than the step's (a Python check at trace time)."""
+  inner = getattr(opt_state, "inner_states", None)
+  members = getattr(inner.get("members"), "inner_state", None) if isinstance(inner, dict) else None
+  if members is None:
+    return  # not make_optimizer's state: optax reports what is wrong
+  guarded = isinstance(members, GuardState) or (
+      isinstance(members, dict) and bool(members)
+      and all(isinstance(members.get(g), GuardState) for g in ensemble.groups))
+  if guarded != guard:
+    raise errors.GuardMismatchError(
+        f"the optimizer state was made by fj.train.init(guard={guarded}) but the step by "
+        f"make_step(guard={guard}). Fix: pass the same guard= to fj.train.init and "
+        "fj.train.make_step.")
+
+
 def per_member(tx: optax.GradientTransformation, ensemble: Ensemble,
                guard: bool = True) -> optax.GradientTransformation:
   """An optax transform applied independently to every member.
@@ -356,6 +373,8 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
   def step(state: TrainState, batch):
     x, y, mask = batch["x"], jnp.asarray(batch["y"]), batch.get("mask")
     _check_labels_batch(x, y, per_member, size)
+    if regime != "frozen":  # frozen members have no optimizer state to guard
+      check_guard(ensemble, state.opt_state, guard)
     key, sub = jax.random.split(state.key)
     grads, (new_state, logs) = jax.grad(objective, has_aux=True)(
         state.params, state.state, x, y, mask, sub)

@@ -201,3 +201,16 @@ def test_batch_mismatch_error():
   state = fj.train.init(ens, tx, jax.random.key(0), X[:1])
   with pytest.raises(errors.BatchShapeError, match=r"y shape \(15,\)"):
     fj.train.make_step(ens, tx)(state, {"x": X, "y": Y[:15]})
+
+
+@pytest.mark.parametrize("chunk", ["auto", None])
+@pytest.mark.parametrize("init_guard", [True, False])
+def test_init_and_step_must_agree_on_the_guard(init_guard, chunk):
+  ens = fj.ensemble.from_linen(models.MLP(10, (8,)), 2)
+  tx = optax.adam(1e-3)
+  state = fj.train.init(ens, tx, jax.random.key(0), X[:1], guard=init_guard)
+  step = fj.train.make_step(ens, tx, guard=not init_guard, member_chunk=chunk)
+  with pytest.raises(errors.GuardMismatchError,
+                     match=rf"init\(guard={init_guard}\).*make_step\(guard={not init_guard}\)"):
+    step(state, {"x": X, "y": Y})
+  fj.train.make_step(ens, tx, guard=init_guard, member_chunk=chunk)(state, {"x": X, "y": Y})
