@@ -127,7 +127,7 @@ def jax_variants(model, m, x, y):
     out[name] = run
   st0 = fj.train.init(ens, tx, jax.random.key(0), x[:1])
   if _fast.uses_convolution(ens, st0.params["members"], st0.state, x):
-    info["chunk"] = "1, host loop"
+    info["chunk"] = "1, host loop" if m > 1 else "1, one program"
   else:
     info["chunk"] = str(_fast.auto_chunk(ens, st0.params["members"]))
 

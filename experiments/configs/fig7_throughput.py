@@ -14,12 +14,13 @@ Runtime: about 0 s when it copies the benchmark's file (the benchmark itself,
 `--cycles 9` run); about 1.5 min when it measures (89 s measured under load); smoke mode:
 a few seconds.
 
-Expected (benchmarks/results/ensemble_step.json, `--cycles 9`, 492 s, 2-core AMD EPYC,
-jax 0.10.2, 2026-11-22; member-samples/s, stacked / loop, then the median per-cycle ratio):
-    digits_mlp M=1: 133k / 146k (0.89x), M=4: 158k / 152k (1.02x),
-               M=16: 178k / 147k (1.21x), M=64: 205k / 152k (1.34x)
-    mnist_mlp  M=1:  76k /  78k (0.89x), M=4:  69k /  71k (1.01x),
-               M=16: 86k /  75k (1.08x), M=64: 83k /  59k (1.42x)
+Expected (benchmarks/results/ensemble_step.json, `--cycles 9`, 2-core AMD EPYC, jax 0.10.2,
+2026-11-22, re-run after the faster init and host layout (the three benchmarks 614 s);
+member-samples/s, stacked / loop, then the median per-cycle ratio):
+    digits_mlp M=1: 154k / 157k (0.98x), M=4: 153k / 146k (1.10x),
+               M=16: 180k / 146k (1.25x), M=64: 185k / 136k (1.29x)
+    mnist_mlp  M=1:  70k /  76k (0.93x), M=4:  71k /  72k (1.02x),
+               M=16: 72k /  68k (1.04x), M=64: 81k /  59k (1.38x)
 """
 
 
