@@ -13,6 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+try:
+  from jax.core import Tracer as _Tracer
+except ImportError:  # jax.core's public names are being retired
+  from jax._src.core import Tracer as _Tracer  # pylint: disable=g-import-not-at-top
+
 from fusionjax import errors
 from fusionjax.ensemble import Ensemble
 from fusionjax.fusion import Fusion
@@ -272,7 +277,7 @@ def init(ensemble: Ensemble, tx: optax.GradientTransformation, key: jax.Array,
     return TrainState(jnp.zeros((), jnp.int32), params, variables["state"],
                       opt.init(params), k_step)
 
-  traced = any(isinstance(a, jax.core.Tracer) for a in (key, x_example))
+  traced = any(isinstance(a, _Tracer) for a in (key, x_example))
   if jax.default_backend() != "cpu" or traced:  # in an outer jit, its options rule
     return _init(key, x_example)
   return _init.lower(key, x_example).compile(_INIT_COMPILER_OPTIONS)(key, x_example)
