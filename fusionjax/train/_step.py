@@ -123,15 +123,21 @@ def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransforma
   return optax.GradientTransformation(init, update)
 
 
+def _guarded(ensemble: Ensemble, members) -> bool:
+  """Whether the members' optimizer state is ``skip_nonfinite``'s (per group for groups)."""
+  return isinstance(members, GuardState) or (
+      isinstance(members, dict)
+      and all(isinstance(members.get(g), GuardState) for g in ensemble.groups))
+
+
 def _members_guard_ok(ensemble: Ensemble, opt_state) -> Optional[jax.Array]:
   """``[M]`` verdicts of the per-member guards, or None when members are not guarded."""
   members = opt_state.inner_states["members"].inner_state
+  if not _guarded(ensemble, members):
+    return None
   if isinstance(members, GuardState):
     return members.ok
-  if isinstance(members, dict) and all(isinstance(members.get(g), GuardState)
-                                       for g in ensemble.groups):
-    return ensemble.join({g: members[g].ok for g in ensemble.groups})
-  return None
+  return ensemble.join({g: members[g].ok for g in ensemble.groups})
 
 
 def check_guard(ensemble: Ensemble, opt_state, guard: bool) -> None:
@@ -141,9 +147,7 @@ def check_guard(ensemble: Ensemble, opt_state, guard: bool) -> None:
   members = getattr(inner.get("members"), "inner_state", None) if isinstance(inner, dict) else None
   if members is None:
     return  # not make_optimizer's state: optax reports what is wrong
-  guarded = isinstance(members, GuardState) or (
-      isinstance(members, dict) and bool(members)
-      and all(isinstance(members.get(g), GuardState) for g in ensemble.groups))
+  guarded = _guarded(ensemble, members)
   if guarded != guard:
     raise errors.GuardMismatchError(
         f"the optimizer state was made by fj.train.init(guard={guarded}) but the step by "
@@ -332,8 +336,8 @@ def make_step(ensemble: Ensemble, tx: optax.GradientTransformation, *,
       only: the state, the logs and the maths are the same, at rtol 1e-5).
       ``'auto'`` or an int ``k``: chunks of ``k`` members, each chunk's
       forward, backward, optimizer update and guard done while its arrays are
-      in cache and written back in place (a ``fori_loop`` in one program; a
-      loop of one jitted call per member for convolutional members, see
+      in cache and written back in place (a ``scan`` in one program; a
+      loop of one jitted call per member for two or more convolutional members, see
       :mod:`fusionjax.train._fast`); ``'auto'`` sizes ``k`` from the
       parameter count. ``None``: one vmap over all members (with
       convolutional members and ``per_member`` batches, XLA:CPU's grouped
