@@ -16,7 +16,7 @@ the chunk back into the donated state in place:
   (:func:`_over_chunks`); a chunk of one member is the plain single-member
   program, a larger chunk is vmapped with the shared batch broadcast (batched
   dots, no transposes);
-* for members with convolutions, one jitted call per chunk from a host loop
+* for two or more members with convolutions, one jitted call per chunk from a host loop
   (:meth:`ChunkedStep.host`): inside a ``while`` body XLA:CPU keeps backward
   convolutions in a generic form ~3x slower, and vmapped convolutions become
   grouped ones. (Grouped convolutions also break the per-member guard with
