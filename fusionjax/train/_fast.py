@@ -17,12 +17,14 @@ the chunk back into the donated state in place:
   program, a larger chunk is vmapped with the shared batch broadcast (batched
   dots, no transposes);
 * for two or more members with convolutions, one jitted call per chunk from a host loop
-  (:meth:`ChunkedStep.host`): inside a ``while`` body XLA:CPU keeps backward
-  convolutions in a generic form ~3x slower, and vmapped convolutions become
-  grouped ones. (Grouped convolutions also break the per-member guard with
-  per-member batches: XLA:CPU's kernel gradient of a grouped convolution
-  spreads one member's NaN to every member, so the vmapped step then skips all
-  members' updates; the host layout skips only the non-finite member.)
+  (:meth:`ChunkedStep.host`), each on its own buffers (a start call splits the
+  stacked state, a finish call stacks it back): inside a ``while`` body
+  XLA:CPU keeps backward convolutions in a generic form ~3x slower, and
+  vmapped convolutions become grouped ones. (Grouped convolutions also break
+  the per-member guard with per-member batches: XLA:CPU's kernel gradient of a
+  grouped convolution spreads one member's NaN to every member, so the vmapped
+  step then skips all members' updates; the host layout skips only the
+  non-finite member.)
 
 The guard is ``skip_nonfinite`` as the vmapped step applies it, its verdict
 one GEMV per leaf (:func:`~fusionjax.train._step.leaf_all_finite`), and selects
@@ -83,7 +85,7 @@ def _expand(tree):
   return jax.tree.map(lambda a: a[None], tree)
 
 
-def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int,
+def _run_chunk(compute, update, carried, rest, shared, start, n: int,
                looping: bool = True):
   """Members ``[start, start + n)``: compute, update, and write back in place.
 
@@ -98,7 +100,8 @@ def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int,
   arrays (it vmaps itself); its reads of the old chunk are slices of the same
   shape as its in-place writes, which XLA performs without copying the chunk.
   ``looping`` tells ``update`` whether the chunk is one of several written in
-  place into the same buffers (a loop), or the only one.
+  place into the same buffers (a loop), or the only one. Returns
+  ``(carried, aux_c)``: the chunk written into ``carried``, and its aux.
   """
   cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, n)
   c, r = jax.tree.map(cut, carried), jax.tree.map(cut, rest)
@@ -109,19 +112,7 @@ def _run_chunk(compute, update, carried, aux, rest, shared, start, n: int,
     out = jax.vmap(compute)(c, r, sh)
   new, new_aux = update(c, out, looping)
   put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, 0)
-  carried = jax.tree.map(put, carried, new)
-  if aux is None:  # the caller places the chunk's aux (a scan stacks it)
-    return carried, new_aux
-  return carried, jax.tree.map(put, aux, new_aux)
-
-
-def _aux_zeros(compute, update, carried, rest, shared, size, n):
-  """Zeros ``[M, ...]`` shaped like ``update``'s per-chunk aux outputs."""
-  def one(carried):
-    return _run_chunk(compute, update, carried, None, rest, shared, 0, n)[1]
-
-  shapes = jax.eval_shape(one, carried)
-  return jax.tree.map(lambda s: jnp.zeros((size,) + s.shape[1:], s.dtype), shapes)
+  return jax.tree.map(put, carried, new), new_aux
 
 
 def _over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
@@ -135,7 +126,7 @@ def _over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
   n = min(chunk, size)
   n_full = size // n
   looping = n_full > 1 or size % n != 0
-  run = lambda start, k, ca: _run_chunk(compute, update, ca, None, rest, shared, start, k,
+  run = lambda start, k, ca: _run_chunk(compute, update, ca, rest, shared, start, k,
                                         looping)
   if n_full == 1:
     carried, aux = run(0, n, carried)
@@ -208,12 +199,13 @@ class ChunkedStep:
     member-stacked state, written in place chunk by chunk
     (:func:`_over_chunks`). ``make_step(jit=True)`` jits it with the state
     donated.
-  * :meth:`host`: a Python loop over chunks, each chunk one jitted call that
-    updates the donated state in place (the loop of single-member steps,
-    without splitting or restacking the state). Used for two or more members
-    with convolutions: inside a ``while`` body XLA:CPU keeps the backward
-    convolutions in their generic, several times slower form. One member is
-    :meth:`pure`, which then has no loop (and no start and finish calls).
+  * :meth:`host`: a Python loop over chunks, each chunk one jitted call on
+    its own buffers (the program of a loop of single-member steps), between a
+    start call that splits the stacked state and a finish call that stacks
+    it back. Used for two or more members with convolutions: inside a
+    ``while`` body XLA:CPU keeps the backward convolutions in their generic,
+    several times slower form. One member is :meth:`pure`, which then has no
+    loop (and no start and finish calls).
 
   Attributes:
     pure: ``step(state, batch) -> (state, logs)``, unjitted.
@@ -228,6 +220,7 @@ class ChunkedStep:
     self.chunk, self.check = chunk, check
     self._host_parts = {}
     self._mode = None
+    self._conv = None
 
   # ------------------------------------------------------------------ maths
 
@@ -319,94 +312,106 @@ class ChunkedStep:
     return self._end(state, key, carried, aux)
 
   def host(self, state, batch, donate: bool = True):
-    """The step as one jitted call per chunk, the state updated in place.
+    """The step as one jitted call per chunk of members, each on its own buffers.
 
-    The host's work per step is kept to the calls themselves: the chunk
-    offsets are device scalars made once, and the start (keys and the aux
-    buffers) is a jitted function of the key alone. Measured on 2 cores, each
-    eager ``jnp.int32(start)`` cost ~0.5 ms while XLA's threads were busy, and
-    the host thread competes with them for a core.
+    A start call splits the member-stacked state (and the member keys and
+    per-member batches) into one set of buffers per chunk; each chunk's call
+    then runs the program of a loop of single-member steps, and a finish call
+    stacks the chunks back. With ``donate``, the caller's state buffers are
+    deleted once split, as donation would.
+
+    Measured on 2 CPU cores with LeNet-size members (Adam, batch 128), against
+    the previous layout, which sliced each chunk out of the donated stacked
+    buffers and wrote it back in place inside each call: that cost 5-10 % of
+    a member's step (XLA must materialise the new values before an in-place
+    write, and ran ~100 more kernels), and the guard's selects (new or old
+    params) cost 6-8 % more when written in place, as they do in a donated
+    plain single-member step. The chunks' calls are therefore not donated.
+    The start and finish calls (two copies of the state) cost ~2 % of the step.
     """
     carried, data, shared, chunk = self._begin(state, batch)
     if self.chunk == "auto":
       chunk = 1  # a vmapped convolution is a grouped one, slower than one by one
-    key, keys, aux = self._host_start(chunk, state.key, carried, data, shared)(state.key)
-    if not donate:
-      carried = _copy(carried)
-    for start, n, part in self._host_plan(chunk):
-      carried, aux = part(carried, aux, (keys, data), shared, start)
-    return _finish(self, state, key, carried, aux)
+    start, part, finish = self._host_fns(chunk)
+    key, pieces, rests = start(state.key, carried, data)
+    if donate:
+      _release(carried, pieces)
+    outs = []
+    for i, rest in enumerate(rests):
+      outs.append(part(pieces[i], rest, shared))
+      pieces[i] = None  # the chunk's old buffers are freed as the loop goes
+    carried, aux, step, loss = finish(outs, state.step)
+    new_p, new_s, new_o = carried
+    member_loss, finite = aux
+    params = {"members": new_p, "fusion": state.params["fusion"]}
+    opt_state = _with_members_opt_state(state.opt_state, new_o)
+    logs = {"member_loss": member_loss, "finite": finite, "loss": loss}
+    return state._replace(step=step, params=params, state=new_s, opt_state=opt_state,
+                          key=key), logs
 
-  def _host_plan(self, chunk):
-    """``[(start as a device scalar, n, jitted part)]`` for every chunk, made once."""
-    plan = self._host_parts.get(("plan", chunk))
-    if plan is None:
-      plan = []
-      for start in range(0, self.size, chunk):
-        n = min(chunk, self.size - start)
-        part = self._host_parts.get(n)
-        if part is None:
-          part = self._host_parts[n] = jax.jit(
-              lambda ca, au, rest, sh, st, n=n: _run_chunk(self.compute, self.update, ca,
-                                                           au, rest, sh, st, n, True),
-              donate_argnums=(0, 1))
-        plan.append((jnp.int32(start), n, part))
-      self._host_parts[("plan", chunk)] = plan
-    return plan
+  def _host_fns(self, chunk: int):
+    """``(start, part, finish)`` of the host layout, jitted once per chunk size."""
+    fns = self._host_parts.get(chunk)
+    if fns is not None:
+      return fns
+    size = self.size
+    bounds = [(s, min(s + chunk, size)) for s in range(0, size, chunk)]
+    split = lambda tree: [jax.tree.map(lambda a, s=s, e=e: a[s:e], tree) for s, e in bounds]
 
-  def _host_start(self, chunk, key, carried, data, shared):
-    """``start(key) -> (next key, member keys, zero aux)``, jitted once per chunk size."""
-    start = self._host_parts.get(("start", chunk))
-    if start is None:
-      size = self.size
-      probe_keys = jax.eval_shape(lambda k: jax.random.split(k, size), key)
-      aux_shapes = jax.eval_shape(
-          lambda ca, k: _aux_zeros(self.compute, self.update, ca, (k, data), shared, size,
-                                   chunk), carried, probe_keys)
+    def start(key, carried, data):
+      key, sub = jax.random.split(key)
+      keys = jax.random.split(sub, size)  # as Ensemble.apply: member m gets keys[m]
+      return key, split(carried), split((keys, data))
 
-      def start(key):
-        key, sub = jax.random.split(key)
-        aux = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes)
-        return key, jax.random.split(sub, size), aux
+    def part(piece, rest, shared):
+      n = jax.tree_util.tree_leaves(rest[0])[0].shape[0]
+      return _run_chunk(self.compute, self.update, piece, rest, shared, 0, n,
+                        looping=False)
 
-      start = self._host_parts[("start", chunk)] = jax.jit(start)
-    return start
+    def finish(outs, step):
+      carried, aux = jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+      return carried, aux, step + 1, jnp.sum(aux[0])
+
+    fns = (jax.jit(start), jax.jit(part), jax.jit(finish))
+    self._host_parts[chunk] = fns
+    return fns
 
   def jitted(self, donate: bool = True):
-    """``step(state, batch)``: the host layout for 2+ members with convolutions, else jit(pure)."""
+    """``step(state, batch)``: the host layout for 2+ members with convolutions, else jit(pure).
+
+    One member with convolutions runs :meth:`pure` without donating the state:
+    guarded and written in place, the program was ~8 % slower (a LeNet-size
+    member on 2 CPU cores, as a donated plain single-member step is; MLPs
+    are faster donated).
+    """
     pure = jax.jit(self.pure, donate_argnums=(0,) if donate else ())
+    pure_kept = jax.jit(self.pure)
 
     def step(state, batch):
       if self._mode is None:
         conv = uses_convolution(self.ensemble, state.params["members"], state.state,
                                 batch["x"][0] if self.per_member else batch["x"])
         self._mode = "host" if conv and self.size > 1 else "pure"
+        self._conv = conv
       if self._mode == "host":
         return self.host(state, batch, donate)
-      return pure(state, batch)
+      return (pure_kept if self._conv else pure)(state, batch)
 
     step.lower = pure.lower  # the single-program layout, for inspection
     return step
 
 
-_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+def _release(tree, keep):
+  """Deletes the device buffers of ``tree`` (donated by the caller) that ``keep`` does not hold.
 
-
-@jax.jit
-def _finish_jit(step, member_loss):
-  return step + 1, jnp.sum(member_loss)
-
-
-def _finish(chunked: ChunkedStep, state, key, carried, aux):
-  new_p, new_s, new_o = carried
-  member_loss, finite = aux
-  step, loss = _finish_jit(state.step, member_loss)
-  params = {"members": new_p, "fusion": state.params["fusion"]}
-  opt_state = _with_members_opt_state(state.opt_state, new_o)
-  logs = {"member_loss": member_loss, "finite": finite, "loss": loss}
-  del chunked
-  return state._replace(step=step, params=params, state=new_s, opt_state=opt_state,
-                        key=key), logs
+  The host layout's start call changes the buffers' shapes (it splits the
+  stacked state), so XLA cannot reuse donated inputs for its outputs, and
+  jax then keeps them alive; deleting them frees the memory as donation would.
+  """
+  kept = {id(a) for a in jax.tree_util.tree_leaves(keep)}
+  for a in jax.tree_util.tree_leaves(tree):
+    if isinstance(a, jax.Array) and id(a) not in kept and not a.is_deleted():
+      a.delete()
 
 
 def make_chunked_step(ensemble: Ensemble, member_tx: optax.GradientTransformation, *,

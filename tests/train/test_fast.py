@@ -1,4 +1,6 @@
 """The chunked layouts of the step and of predict equal the plain vmapped ones."""
+import warnings
+
 import chex
 import flax.linen as nn
 import jax
@@ -155,6 +157,28 @@ def test_conv_members_layout(m, mode):
       guard=True, guard_ok=lambda o: o.ok, chunk="auto", check=None)
   chunked.jitted()(state, batch)
   assert chunked._mode == mode  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("donate", [True, False])
+def test_host_layout_donates_the_state_only_when_asked(donate):
+  """The host layout splits the stacked state in a start call (donated with
+  ``donate=True``, as the one-program layout's state is) and stacks it back in a
+  finish call; jax's warning about donated buffers that change shape is not shown."""
+  ens = fj.ensemble.from_linen(ConvBNDrop(), 3)
+  _, batch = _conv_batch(3, False)
+  tx = optax.adam(1e-2)
+  state = fj.train.init(ens, tx, jax.random.key(0), batch["x"][:1])
+  before = jax.tree.map(np.asarray, state.params)
+  step = fj.train.make_step(ens, tx, donate=donate)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    new, _ = step(state, batch)
+    new, _ = step(new, batch)
+  kernel = state.params["members"]["Conv_0"]["kernel"]
+  assert kernel.is_deleted() == donate
+  if not donate:
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, state.params), before)
+  assert int(new.step) == 2
 
 
 @pytest.mark.parametrize("per_member", [False, True])
