@@ -2,7 +2,7 @@
 
 Each script runs in its own process (fresh JIT caches and memory) and writes
 ``benchmarks/results/<name>.json``; ``report.py`` then writes ``RESULTS.md``
-from those files only. About 15 minutes on a shared 2-core CPU; ``--quick``
+from those files only. About 19 minutes on a shared 2-core CPU; ``--quick``
 (M in {1, 16}, 3 cycles) is a shorter smoke run; ``--with-sweep`` adds
 ``chunk_sweep.py``.
 """
@@ -26,23 +26,30 @@ def main(argv=None):
   args = p.parse_args(argv)
   members = ["--members", "1", "16"] if args.quick else []
   cycles = ["--cycles", "3"] if args.quick else []
+  # (result name, script, arguments)
   scripts = [
-      ("ensemble_step", members + cycles),
-      ("inference", members + cycles),
-      ("cascade", (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
-      ("compile_memory", ["--members", "1", "16"] if args.quick else []),
+      ("ensemble_step", "ensemble_step", members + cycles),
+      # The CNN rows again with more cycles and no PyTorch peers: its ratios to
+      # the loop vary by +-20 % between cycles on a shared 2-core machine.
+      ("ensemble_step_cnn", "ensemble_step",
+       ["--models", "cnn", "--no-torch", "--out", "ensemble_step_cnn"] + members +
+       (cycles or ["--cycles", "17"])),
+      ("inference", "inference", members + cycles),
+      ("cascade", "cascade",
+       (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
+      ("compile_memory", "compile_memory", ["--members", "1", "16"] if args.quick else []),
   ]
   if args.with_sweep or (args.only and "chunk_sweep" in args.only):
-    scripts.append(("chunk_sweep", ["--members", "16", "64", "--models", "digits_mlp",
-                                    "mnist_mlp"] + cycles))
+    scripts.append(("chunk_sweep", "chunk_sweep", ["--members", "16", "64", "--models",
+                                                   "digits_mlp", "mnist_mlp"] + cycles))
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   t0 = time.time()
   failed = []
-  for name, extra in scripts:
+  for name, script, extra in scripts:
     if args.only and name not in args.only:
       continue
-    cmd = [sys.executable, os.path.join("benchmarks", f"{name}.py")] + extra
+    cmd = [sys.executable, os.path.join("benchmarks", f"{script}.py")] + extra
     print(f"\n=== {' '.join(cmd[1:])}", flush=True)
     t = time.time()
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
