@@ -15,12 +15,12 @@ Runtime: about 0 s when it copies the benchmark's file (the benchmark itself,
 a few seconds.
 
 Expected (benchmarks/results/ensemble_step.json, `--cycles 9`, 2-core AMD EPYC, jax 0.10.2,
-2026-11-22, re-run after the faster init and host layout (the three benchmarks 614 s);
-member-samples/s, stacked / loop, then the median per-cycle ratio):
-    digits_mlp M=1: 154k / 157k (0.98x), M=4: 153k / 146k (1.10x),
-               M=16: 180k / 146k (1.25x), M=64: 185k / 136k (1.29x)
-    mnist_mlp  M=1:  70k /  76k (0.93x), M=4:  71k /  72k (1.02x),
-               M=16: 72k /  68k (1.04x), M=64: 81k /  59k (1.38x)
+2026-11-22, re-run after the CNN host-layout change; member-samples/s, stacked / loop,
+then the median per-cycle ratio):
+    digits_mlp M=1: 138k / 151k (0.96x), M=4: 153k / 124k (1.19x),
+               M=16: 181k / 127k (1.33x), M=64: 210k / 150k (1.37x)
+    mnist_mlp  M=1:  77k /  81k (0.91x), M=4:  71k /  72k (0.97x),
+               M=16: 90k /  78k (1.14x), M=64: 86k /  67k (1.28x)
 """
 
 
