@@ -2,7 +2,8 @@
 
 Each script runs in its own process (fresh JIT caches and memory) and writes
 ``benchmarks/results/<name>.json``; ``report.py`` then writes ``RESULTS.md``
-from those files only. About 19 minutes on a shared 2-core CPU; ``--quick``
+from those files only. 1049 s with ``--with-sweep`` on a shared 2-core CPU before
+the CNN repeat (228 s on its own) was added; ``--quick``
 (M in {1, 16}, 3 cycles) is a shorter smoke run; ``--with-sweep`` adds
 ``chunk_sweep.py``.
 """

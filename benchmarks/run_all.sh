@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole benchmark suite and rebuilds benchmarks/RESULTS.md.
-#   bash benchmarks/run_all.sh            # full suite (~19 min on 2 CPU cores)
+#   bash benchmarks/run_all.sh            # full suite (with --with-sweep: 1049 s before the CNN repeat,
+#                                       # which took 228 s; 2 CPU cores)
 #   bash benchmarks/run_all.sh --quick    # smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."
