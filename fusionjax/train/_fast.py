@@ -45,7 +45,7 @@ import optax
 
 from fusionjax.ensemble import Ensemble
 from fusionjax.ensemble._base import _check_batch, check_stacked
-from fusionjax.train._step import _all_finite, check_guard
+from fusionjax.train._step import _all_finite, check_guard, members_opt_state
 
 # Per-chunk working-set budget for chunk='auto': params, gradients and two
 # optimizer moments of the chunk's members should fit in about this many bytes
@@ -140,17 +140,6 @@ def _over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
     carried, tail = run(n_full * n, size % n, carried)
     aux = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), aux, tail)
   return carried, aux
-
-
-def _members_opt_state(opt_state):
-  """The stacked per-member optax state inside ``make_optimizer``'s state, or None."""
-  inner = getattr(opt_state, "inner_states", None)
-  if not isinstance(inner, dict) or "members" not in inner:
-    return None
-  masked = inner["members"]
-  if not hasattr(masked, "inner_state"):
-    return None
-  return masked.inner_state
 
 
 def _with_members_opt_state(opt_state, members_state):
@@ -282,34 +271,34 @@ class ChunkedStep:
     _check_batch(x, self.size, self.per_member)
     if self.check is not None:
       self.check(x, y)
-    members_opt = _members_opt_state(state.opt_state)
+    members_opt = members_opt_state(state.opt_state)
     if members_opt is None:
       raise ValueError("chunked step: the optimizer state is not make_optimizer's.")
     check_guard(self.ensemble, state.opt_state, self.guard)
-    chunk = (auto_chunk(self.ensemble, state.params["members"]) if self.chunk == "auto"
-             else int(self.chunk))
     carried = (state.params["members"], state.state, members_opt)
     data = (x, y, mask) if self.per_member else ()
     shared = () if self.per_member else (x, y, mask)
-    return carried, data, shared, min(chunk, self.size)
+    return carried, data, shared
 
-  def _end(self, state, key, carried, aux):
+  def _end(self, state, key, carried, aux, step, loss):
     new_p, new_s, new_o = carried
     member_loss, finite = aux
     params = {"members": new_p, "fusion": state.params["fusion"]}
     opt_state = _with_members_opt_state(state.opt_state, new_o)
-    logs = {"member_loss": member_loss, "finite": finite, "loss": jnp.sum(member_loss)}
-    return state._replace(step=state.step + 1, params=params, state=new_s,
-                          opt_state=opt_state, key=key), logs
+    logs = {"member_loss": member_loss, "finite": finite, "loss": loss}
+    return state._replace(step=step, params=params, state=new_s, opt_state=opt_state,
+                          key=key), logs
 
   def pure(self, state, batch):
     """The whole step as one program (a ``scan`` over chunks)."""
-    carried, data, shared, chunk = self._begin(state, batch)
+    carried, data, shared = self._begin(state, batch)
+    chunk = (auto_chunk(self.ensemble, state.params["members"]) if self.chunk == "auto"
+             else int(self.chunk))
     key, sub = jax.random.split(state.key)
     keys = jax.random.split(sub, self.size)  # as Ensemble.apply: member m gets keys[m]
     carried, aux = _over_chunks(self.compute, self.update, carried, (keys, data), shared,
                                 self.size, chunk)
-    return self._end(state, key, carried, aux)
+    return self._end(state, key, carried, aux, state.step + 1, jnp.sum(aux[0]))
 
   def host(self, state, batch, donate: bool = True):
     """The step as one jitted call per chunk of members, each on its own buffers.
@@ -329,10 +318,9 @@ class ChunkedStep:
     plain single-member step. The chunks' calls are therefore not donated.
     The start and finish calls (two copies of the state) cost ~2 % of the step.
     """
-    carried, data, shared, chunk = self._begin(state, batch)
-    if self.chunk == "auto":
-      chunk = 1  # a vmapped convolution is a grouped one, slower than one by one
-    start, part, finish = self._host_fns(chunk)
+    carried, data, shared = self._begin(state, batch)
+    # 'auto': one member per call (a vmapped convolution is a grouped one, slower)
+    start, part, finish = self._host_fns(1 if self.chunk == "auto" else int(self.chunk))
     key, pieces, rests = start(state.key, carried, data)
     if donate:
       _release(carried, pieces)
@@ -340,14 +328,7 @@ class ChunkedStep:
     for i, rest in enumerate(rests):
       outs.append(part(pieces[i], rest, shared))
       pieces[i] = None  # the chunk's old buffers are freed as the loop goes
-    carried, aux, step, loss = finish(outs, state.step)
-    new_p, new_s, new_o = carried
-    member_loss, finite = aux
-    params = {"members": new_p, "fusion": state.params["fusion"]}
-    opt_state = _with_members_opt_state(state.opt_state, new_o)
-    logs = {"member_loss": member_loss, "finite": finite, "loss": loss}
-    return state._replace(step=step, params=params, state=new_s, opt_state=opt_state,
-                          key=key), logs
+    return self._end(state, key, *finish(outs, state.step))
 
   def _host_fns(self, chunk: int):
     """``(start, part, finish)`` of the host layout, jitted once per chunk size."""
@@ -385,7 +366,7 @@ class ChunkedStep:
     are faster donated).
     """
     pure = jax.jit(self.pure, donate_argnums=(0,) if donate else ())
-    pure_kept = jax.jit(self.pure)
+    pure_kept = jax.jit(self.pure) if donate else pure
 
     def step(state, batch):
       if self._mode is None:

@@ -130,10 +130,18 @@ def _guarded(ensemble: Ensemble, members) -> bool:
       and all(isinstance(members.get(g), GuardState) for g in ensemble.groups))
 
 
+def members_opt_state(opt_state):
+  """The stacked per-member optax state inside ``make_optimizer``'s state, or None."""
+  inner = getattr(opt_state, "inner_states", None)
+  if not isinstance(inner, dict) or "members" not in inner:
+    return None
+  return getattr(inner["members"], "inner_state", None)
+
+
 def _members_guard_ok(ensemble: Ensemble, opt_state) -> Optional[jax.Array]:
   """``[M]`` verdicts of the per-member guards, or None when members are not guarded."""
-  members = opt_state.inner_states["members"].inner_state
-  if not _guarded(ensemble, members):
+  members = members_opt_state(opt_state)
+  if members is None or not _guarded(ensemble, members):
     return None
   if isinstance(members, GuardState):
     return members.ok
@@ -143,8 +151,7 @@ def _members_guard_ok(ensemble: Ensemble, opt_state) -> Optional[jax.Array]:
 def check_guard(ensemble: Ensemble, opt_state, guard: bool) -> None:
   """Raises :class:`~fusionjax.errors.GuardMismatchError` when ``opt_state``
   was made with the other ``guard`` than the step's (a Python check at trace time)."""
-  inner = getattr(opt_state, "inner_states", None)
-  members = getattr(inner.get("members"), "inner_state", None) if isinstance(inner, dict) else None
+  members = members_opt_state(opt_state)
   if members is None:
     return  # not make_optimizer's state: optax reports what is wrong
   guarded = _guarded(ensemble, members)
