@@ -21,6 +21,7 @@ SECTIONS = [
     ("inference", "Inference: fused prediction throughput"),
     ("cascade", "Executing cascade vs the full ensemble"),
     ("compile_memory", "Compile time, memory, start-up"),
+    ("donation", "Donating a single-member step's state, with and without the guard"),
     ("chunk_sweep", "Members per chunk (how `member_chunk='auto'` was chosen)"),
 ]
 SCRIPT = {"ensemble_step_cnn": "ensemble_step"}  # result name -> the script that wrote it

@@ -39,6 +39,7 @@ def main(argv=None):
       ("cascade", "cascade",
        (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
       ("compile_memory", "compile_memory", ["--members", "1", "16"] if args.quick else []),
+      ("donation", "donation", cycles),
   ]
   if args.with_sweep or (args.only and "chunk_sweep" in args.only):
     scripts.append(("chunk_sweep", "chunk_sweep", ["--members", "16", "64", "--models",

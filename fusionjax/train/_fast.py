@@ -309,14 +309,19 @@ class ChunkedStep:
     stacks the chunks back. With ``donate``, the caller's state buffers are
     deleted once split, as donation would.
 
-    Measured on 2 CPU cores with LeNet-size members (Adam, batch 128), against
-    the previous layout, which sliced each chunk out of the donated stacked
-    buffers and wrote it back in place inside each call: that cost 5-10 % of
-    a member's step (XLA must materialise the new values before an in-place
-    write, and ran ~100 more kernels), and the guard's selects (new or old
-    params) cost 6-8 % more when written in place, as they do in a donated
-    plain single-member step. The chunks' calls are therefore not donated.
-    The start and finish calls (two copies of the state) cost ~2 % of the step.
+    The previous layout sliced each chunk out of the donated stacked buffers
+    and wrote it back in place inside each call: XLA must then materialise the
+    new values before the in-place write, and ran ~100 more kernels. Timed in
+    one process against a loop of single-member jitted steps on the project's
+    2-core CPU (LeNet-size members, batch 128, Adam), the guarded step went
+    from 0.93x to 1.01x the loop at M=4 and from 0.91x to 0.99x at M=16 (the
+    A/B is in issue 8's closing note); ``python benchmarks/ensemble_step.py
+    --models cnn`` has the result. The chunks' calls are not donated: written
+    in place, the guard's selects (new or old params) are dearer
+    (``python benchmarks/donation.py``: a guarded LeNet-size step 0.91x
+    donated against 0.98x undonated). The start and finish calls (two
+    copies of the state) cost ~2 % of the step at M=16 and 64 (timed per call;
+    issue 8's note).
     """
     carried, data, shared = self._begin(state, batch)
     # 'auto': one member per call (a vmapped convolution is a grouped one, slower)
@@ -361,9 +366,10 @@ class ChunkedStep:
     """``step(state, batch)``: the host layout for 2+ members with convolutions, else jit(pure).
 
     One member with convolutions runs :meth:`pure` without donating the state:
-    guarded and written in place, the program was ~8 % slower (a LeNet-size
-    member on 2 CPU cores, as a donated plain single-member step is; MLPs
-    are faster donated).
+    guarded and written in place, that program is slower, and MLP programs
+    faster (``python benchmarks/donation.py`` on the project's 2-core CPU,
+    against a plain undonated step: LeNet-size 1.00x undonated, 0.92x
+    donated; MNIST MLP 0.87x and 0.89x; digits MLP 0.92x and 0.98x).
     """
     pure = jax.jit(self.pure, donate_argnums=(0,) if donate else ())
     pure_kept = jax.jit(self.pure) if donate else pure
