@@ -25,20 +25,32 @@ def digits_splits():
           "test": (x[1397:], y[1397:])}
 
 
-@pytest.fixture(scope="session")
-def snapshot_run(digits_splits):
-  """A snapshot ensemble: MLP(64) on 500 digits, SGD-Nesterov, lr0 0.4, 4 cycles of 80 steps.
+SNAPSHOT_SEEDS = (0, 1, 2)
 
-  Shared by the snapshot tests and the greedy soup test (snapshots of one run
-  lie in one basin, which soups need).
+
+@pytest.fixture(scope="session")
+def snapshot_runs(digits_splits):
+  """Snapshot ensembles, one per seed in ``SNAPSHOT_SEEDS``: MLP(64) on 500 digits,
+  SGD-Nesterov, lr0 0.4, 4 cycles of 80 steps (2.5 s each on 2 CPU cores).
+
+  Learning tests average over the seeds: XLA:CPU's numerics differ between CPU
+  kinds (with and without AVX-512), so one seed's margin does not travel.
+  Shared by the snapshot tests and the soup tests (snapshots of one run lie in
+  one basin, which soups need).
   """
   import jax
   import fusionjax as fj
   from fusionjax import integrate
   x, y = digits_splits["train"]
-  return integrate.snapshot_ensemble(fj.models.MLP(10, (64,)), x[:500], y[:500],
-                                     key=jax.random.key(0), lr0=0.4, steps_per_cycle=80,
-                                     cycles=4, batch_size=32)
+  return [integrate.snapshot_ensemble(fj.models.MLP(10, (64,)), x[:500], y[:500],
+                                      key=jax.random.key(s), lr0=0.4, steps_per_cycle=80,
+                                      cycles=4, batch_size=32) for s in SNAPSHOT_SEEDS]
+
+
+@pytest.fixture(scope="session")
+def snapshot_run(snapshot_runs):
+  """The seed-0 run of :func:`snapshot_runs`."""
+  return snapshot_runs[0]
 
 
 @pytest.fixture(scope="session")

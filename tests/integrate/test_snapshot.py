@@ -68,18 +68,24 @@ def test_snapshots_are_saved_at_the_learning_rate_minimum(snapshot_run, digits_s
                              rtol=1e-5, atol=1e-5)
 
 
-def test_snapshot_ensemble_beats_its_last_snapshot(snapshot_run, digits_splits):
-  res = snapshot_run
+def test_snapshot_ensemble_beats_its_snapshots(snapshot_runs, digits_splits):
   xt, yt = digits_splits["test"]
-  out, _ = res.ensemble.apply(res.variables, xt)
-  fused = fj.fusion.mean().apply((), out)
-  ens_nll = float(fj.metrics.nll(fused, yt))
-  member_nll = np.asarray(fj.metrics.nll(out, yt))
-  # Measured (CPU, seed 0): ensemble NLL 0.104 vs last snapshot 0.114
-  # (snapshots 0.110 0.121 0.109 0.114); over 3 seeds the gain on the last
-  # snapshot was 4-9%.
-  assert ens_nll < 0.98 * member_nll[-1]
-  assert ens_nll < member_nll.min()
+  to_last, to_best = [], []
+  for res in snapshot_runs:
+    out, _ = res.ensemble.apply(res.variables, xt)
+    ens_nll = float(fj.metrics.nll(fj.fusion.mean().apply((), out), yt))
+    member_nll = np.asarray(fj.metrics.nll(out, yt))
+    assert ens_nll <= member_nll.mean() + 1e-6  # Jensen: holds for any members
+    to_last.append(ens_nll / member_nll[-1])
+    to_best.append(ens_nll / member_nll.min())
+  # Test NLL of the ensemble over that of its last / its best snapshot, seeds
+  # 0-5, measured on a 2-core Intel Xeon with AVX-512 (python on
+  # /tmp/s16/others.py, the fixture's set-up): last 0.913 0.911 0.875 0.841
+  # 0.947 0.936; best 0.953 0.923 0.947 0.896 0.993 0.959. One seed's margin
+  # can vanish on another CPU kind (seed 4: 0.993), so the test averages the
+  # fixture's 3 seeds (0.900 and 0.941 here).
+  assert np.mean(to_last) < 0.95, to_last
+  assert np.mean(to_best) < 0.98, to_best
 
 
 def _shifted(x):
@@ -88,6 +94,9 @@ def _shifted(x):
   padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   return np.concatenate([padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
                          for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+
+
+FGE_SEEDS = (0, 1, 2, 3)
 
 
 def test_fge_ensemble_from_a_trained_model(snapshot_run, digits_splits):
@@ -99,31 +108,37 @@ def test_fge_ensemble_from_a_trained_model(snapshot_run, digits_splits):
   x, y = _shifted(x[:500]), np.tile(y[:500], 9)
   xt, yt = digits_splits["test"]
   start = jax.tree.map(lambda a: a[-1:], snapshot_run.variables)       # the run's last model
-  res = integrate.fge_ensemble(MODULE, x, y, key=jax.random.key(1), lr1=0.2, lr2=0.002,
-                               cycle_steps=100, cycles=4, warmup_steps=2000,
-                               init_variables=start, batch_size=32, seed=1)
-  # Snapshots in the middle of each cycle (lr = lr2); training stops at the last one.
-  assert res.steps == (2050, 2150, 2250, 2350)
-  assert res.losses.shape == (2350,)
-  # Training started from `start`: the first loss is its loss on the first batch.
-  first = np.random.default_rng([1, 0]).permutation(len(x))[:32]
-  logits = MODULE.apply({"params": jax.tree.map(lambda a: a[0], start["params"])}, x[first])
-  assert res.losses[0] == pytest.approx(float(fj.metrics.nll(logits, y[first])), abs=1e-6)
-  out, _ = res.ensemble.apply(res.variables, xt)
-  assert not np.allclose(out[0], out[-1])
-  ens_nll = float(fj.metrics.nll(fj.fusion.mean().apply((), out), yt))
-  member_nll = np.asarray(fj.metrics.nll(out, yt))
-  # Measured on the 2-core CPU (one core; `pytest -q tests/integrate/test_snapshot.py`
-  # for s = 1, the same set-up with key = seed = s for the others), test NLL:
-  #   s      0      1      2      3      4      5
-  #   FGE    0.118  0.159  0.108  0.224  0.223  0.227
-  #   best   0.153  0.201  0.113  0.252  0.291  0.271   (best of the 4 snapshots)
-  #   gain   23%    21%    3.9%   11%    23%    16%
+  fge, best = [], []
+  for s in FGE_SEEDS:
+    res = integrate.fge_ensemble(MODULE, x, y, key=jax.random.key(s), lr1=0.2, lr2=0.002,
+                                 cycle_steps=100, cycles=4, warmup_steps=2000,
+                                 init_variables=start, batch_size=32, seed=s)
+    # Snapshots in the middle of each cycle (lr = lr2); training stops at the last one.
+    assert res.steps == (2050, 2150, 2250, 2350)
+    assert res.losses.shape == (2350,)
+    # Training started from `start`: the first loss is its loss on the first batch.
+    first = np.random.default_rng([s, 0]).permutation(len(x))[:32]
+    logits = MODULE.apply({"params": jax.tree.map(lambda a: a[0], start["params"])},
+                          x[first])
+    assert res.losses[0] == pytest.approx(float(fj.metrics.nll(logits, y[first])), abs=1e-6)
+    out, _ = res.ensemble.apply(res.variables, xt)
+    assert not np.allclose(out[0], out[-1])
+    ens_nll = float(fj.metrics.nll(fj.fusion.mean().apply((), out), yt))
+    member_nll = np.asarray(fj.metrics.nll(out, yt))
+    assert ens_nll <= member_nll.mean() + 1e-6  # Jensen: holds for any members
+    fge.append(ens_nll)
+    best.append(member_nll.min())
+  # Test NLL of FGE and of its best snapshot, seeds (key = seed) 0-7, on a
+  # 2-core Intel Xeon with AVX-512 (python /tmp/s16/fge.py 8, this set-up):
+  #   FGE   0.118 0.159 0.108 0.224 0.223 0.227 0.190 0.230
+  #   best  0.153 0.201 0.113 0.252 0.291 0.271 0.204 0.267
+  #   gain  23%   21%   3.9%  11%   23%   16%   6.6%  14%
+  # On an AMD EPYC without AVX-512 seed 1 gave 0.2066 against 0.2121 (2.6 %):
+  # one seed's gain does not travel between CPU kinds, so the test asserts the
+  # gain of the mean over seeds 0-3 (15 % here; 10 % with seed 1 at 2.6 %).
   # The gain is over FGE's own snapshots, which lr1 = 0.2 leaves noisy: the
-  # ensemble beat the model it starts from (0.114) in 1 of 6 seeds, and a
-  # single model trained 2350 steps from it (cosine from 0.05) in 3 of 6.
-  assert ens_nll <= member_nll.mean() + 1e-6
-  assert ens_nll < 0.97 * member_nll.min()
+  # ensemble beat the model it starts from (0.114) in 1 of 6 seeds.
+  assert np.mean(fge) < 0.95 * np.mean(best), (fge, best)
 
 
 @pytest.mark.parametrize("call, match", [

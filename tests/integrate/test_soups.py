@@ -69,27 +69,31 @@ def test_greedy_soup_matches_the_recipe():
   assert np.all(np.diff(res.history) >= 0) and len(res.history) == len(values)
 
 
-def test_greedy_soup_of_snapshots_is_at_least_the_best_snapshot(snapshot_run, digits_splits):
+def test_greedy_soup_of_snapshots_is_at_least_the_best_snapshot(snapshot_runs, digits_splits):
   (xv, yv), (xt, yt) = digits_splits["val"], digits_splits["test"]
-  params = snapshot_run.variables["params"]
   apply = jax.jit(MODULE.apply)
   val_acc = lambda p: float(fj.metrics.accuracy(apply({"params": p}, xv), yv))
-  res = integrate.greedy_soup(params, val_acc)
-  # On the held-out set it is chosen on, the soup never scores below the best member.
-  assert res.score >= res.scores.max()
-  best = int(np.argmax(res.scores))
-  assert res.members[0] == best
   test_acc = lambda p: float(fj.metrics.accuracy(apply({"params": p}, xt), yt))
-  single = test_acc(jax.tree.map(lambda a: a[best], params))
-  # Measured (CPU, seed 0): soup of snapshots (3, 2, 1), val accuracy 0.962
-  # (snapshots 0.952-0.962); test accuracy 0.9725 vs 0.975 for the best-on-val
-  # snapshot. Uniform soup: test accuracy 0.975, NLL 0.107 vs snapshots
-  # 0.109-0.121 (another seed: 0.106 vs 0.110).
-  assert test_acc(res.params) >= single - 0.01
-  uniform = integrate.uniform_soup(params)
   test_nll = lambda p: float(fj.metrics.nll(apply({"params": p}, xt), yt))
-  member_nll = [test_nll(jax.tree.map(lambda a, m=m: a[m], params)) for m in range(4)]
-  assert test_nll(uniform) < min(member_nll)
+  greedy_gap, uniform_to_best = [], []
+  for run in snapshot_runs:
+    params = run.variables["params"]
+    res = integrate.greedy_soup(params, val_acc)
+    # On the held-out set it is chosen on, the soup never scores below the best member.
+    assert res.score >= res.scores.max()
+    best = int(np.argmax(res.scores))
+    assert res.members[0] == best
+    greedy_gap.append(test_acc(res.params) - test_acc(jax.tree.map(lambda a: a[best], params)))
+    member_nll = [test_nll(jax.tree.map(lambda a, m=m: a[m], params)) for m in range(4)]
+    uniform_to_best.append(test_nll(integrate.uniform_soup(params)) / min(member_nll))
+  # Measured on a 2-core Intel Xeon with AVX-512 (seed 0): soup of snapshots
+  # (3, 2, 1), val accuracy 0.962 (snapshots 0.952-0.962), test accuracy 0.9725
+  # vs 0.975 for the best-on-val snapshot. Uniform soup NLL over the best
+  # snapshot's, seeds 0-5 (/tmp/s16/others.py): 0.985 0.949 0.992 0.927 1.003
+  # 0.979: one seed can lose, so the test averages the fixture's 3 seeds
+  # (0.975 here).
+  assert np.mean(greedy_gap) >= -0.01, greedy_gap
+  assert np.mean(uniform_to_best) < 1.0, uniform_to_best
 
 
 def test_swa_running_mean_is_the_mean_of_the_averaged_points():
@@ -127,12 +131,18 @@ def test_fit_swa_averages_the_trajectory_and_beats_the_last_iterate(digits_split
                               jax.tree.map(lambda a: a[-1:], snaps.variables["params"]))
   np.testing.assert_allclose(res.losses, snaps.losses, rtol=1e-6)
   ens1 = fj.ensemble.from_linen(MODULE, 1)
-  swa_nll = float(fj.metrics.nll(ens1.apply(res.variables, xt)[0][0], yt))
-  last_nll = float(fj.metrics.nll(ens1.apply(res.last, xt)[0][0], yt))
-  # Measured (CPU, seed 0): SWA NLL 0.131 vs last iterate 0.135 (other seeds
-  # 0.129 vs 0.132, 0.116 vs 0.118): a small, consistent gain at this
-  # constant learning rate.
-  assert swa_nll < last_nll
+  nll = lambda v: float(fj.metrics.nll(ens1.apply(v, xt)[0][0], yt))
+  ratios = [nll(res.variables) / nll(res.last)]
+  for s in (1, 2):
+    other = integrate.fit_swa(MODULE, tx, x, y, key=jax.random.key(s), num_steps=600,
+                              start=300, every=10, batch_size=32)
+    ratios.append(nll(other.variables) / nll(other.last))
+  # SWA NLL over the last iterate's, seeds 0-5, on a 2-core Intel Xeon with
+  # AVX-512 (/tmp/s16/others.py, this set-up): 0.972 0.956 0.966 0.947 0.969
+  # 0.974: a small, consistent gain at this constant learning rate. The test
+  # averages seeds 0-2 (0.965 here) so that one seed's numerics on another CPU
+  # kind cannot decide it.
+  assert np.mean(ratios) < 0.99, ratios
 
 
 @pytest.mark.parametrize("kw, match", [({"start": -1}, "start=-1"), ({"start": 0, "every": 0},
