@@ -179,9 +179,11 @@ def select(indices_or_names: Any,
       or ``slice``), a group name, or a sequence of group names (their
       members are concatenated in the order given). Negative indices count
       from the end, as in numpy.
-    names: group name -> members (an int, a ``range``, a ``slice`` or a
-      sequence of ints), e.g. the ensemble's
-      ``{'cnn': range(0, 3), 'gru': range(3, 5)}``.
+    names: the ensemble's ``groups`` (group name -> ``(start, stop)``, as
+      :func:`~fusionjax.ensemble.groups` makes them), the ensemble itself, or
+      any mapping group name -> members: an int, a ``range``, a ``slice``, a
+      ``(start, stop)`` tuple (the members ``start .. stop - 1``, as in
+      ``Ensemble.groups``) or a list of indices (``[0, 3]`` is members 0 and 3).
 
   Returns:
     A ``Fusion`` with no params: ``apply(params, member_outputs [M, B, C])
@@ -195,9 +197,11 @@ def select(indices_or_names: Any,
     >>> import jax.numpy as jnp
     >>> from fusionjax import fusion
     >>> z = jnp.arange(5.0).reshape(5, 1, 1)               # [M=5, B=1, C=1]
-    >>> groups = {'cnn': range(0, 3), 'gru': range(3, 5)}
+    >>> groups = {'cnn': (0, 3), 'gru': (3, 5)}               # an Ensemble's groups
     >>> fusion.select('gru', groups).apply((), z).ravel().tolist()
     [3.0, 4.0]
+    >>> fusion.select('cnn', {'cnn': [0, 3]}).apply((), z).ravel().tolist()
+    [0.0, 3.0]
     >>> fusion.select([4, 0]).apply((), z).ravel().tolist()
     [4.0, 0.0]
 
@@ -207,6 +211,8 @@ def select(indices_or_names: Any,
   """
   spec = indices_or_names
   name = f"select({spec!r})"
+  if names is not None and hasattr(names, "groups") and hasattr(names, "member_map"):
+    names = names.groups  # an Ensemble
   if isinstance(spec, (str, int, np.integer, slice, range)):
     items = [spec]
   else:
@@ -232,6 +238,8 @@ def select(indices_or_names: Any,
                "groups)." if names is None else
                f"use one of {group_names!r}."))
       group = names[item]
+      if isinstance(group, tuple) and len(group) == 2 and all(_is_index(g) for g in group):
+        group = range(int(group[0]), int(group[1]))  # Ensemble.groups' (start, stop)
       members = group if isinstance(group, (slice, range)) else (
           [group] if _is_index(group) else list(group))
       parts.append((item, members))

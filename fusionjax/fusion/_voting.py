@@ -108,24 +108,40 @@ def hard_vote(weights: Optional[Any] = None) -> Fusion:
   return Fusion(_no_params, apply)
 
 
-def soft_vote(weights: Optional[Any] = None) -> Fusion:
-  """The (weighted) average of the members' probabilities, in log space.
+def soft_vote(weights: Optional[Any] = None, probs: bool = False) -> Fusion:
+  """The (weighted) average of the members' probabilities, as log-probabilities.
 
-  Exactly ``log VotingClassifier(voting='soft', weights=w).predict_proba``
-  given the same member probabilities, i.e. the log of
-  ``np.average(probas, axis=0, weights=w)`` = ``sum_m w_m p_m / sum_m w_m``,
-  computed as ``logsumexp_m(log(w_m / sum w) + log_softmax(z_m))``. Feed
-  scikit-learn probabilities as ``logits = log(proba)``: ``log_softmax`` of
-  log-probabilities gives them back. Unlike :func:`weighted` the member count
-  need not be known in advance (weights are checked against ``M`` at trace
-  time). NaN-free for logits of +-1e4.
+  scikit-learn's ``VotingClassifier(voting='soft', weights=w)`` predicts
+  ``argmax np.average(probas, axis=0, weights=w)``, i.e. ``sum_m w_m p_m /
+  sum_m w_m``.
+
+  * ``probs=True``: the member outputs *are* the probabilities ``[M, B, C]``
+    (e.g. scikit-learn's ``predict_proba``), averaged as ``np.average`` does
+    (the weighted sum, then one division by the weight sum) and returned as
+    ``log`` of the average. Its labels
+    equal ``VotingClassifier``'s exactly, exact ties included, whenever the
+    averages are exact in the dtype (e.g. probabilities in multiples of 1/8
+    and power-of-two weights, in float32); otherwise its probabilities agree
+    at rtol 1e-6 in float32 (1e-12 with ``jax_enable_x64``), and a near-tie
+    inside that rounding may be broken differently.
+  * ``probs=False`` (default): the member outputs are logits, and the average
+    is taken in log space, ``logsumexp_m(log(w_m / sum w) + log_softmax(z_m))``
+    (NaN-free for logits of +-1e4). Its probabilities equal scikit-learn's at
+    rtol 1e-6, but exact ties are not recoverable from logits: a
+    log/softmax round trip is off by an ulp, and two classes that tie in
+    probability can come out one ulp apart, so ``argmax`` may pick the other
+    class than scikit-learn's lowest index. Use ``probs=True`` where ties matter.
+
+  Unlike :func:`weighted` the member count need not be known in advance
+  (weights are checked against ``M`` at trace time).
 
   Args:
     weights: ``None`` (equal weights) or one non-negative weight per member
-      with a positive sum (normalised here; a zero weight ignores a member).
+      with a positive sum (a zero weight ignores a member).
+    probs: the member outputs are probabilities (see above).
 
   Returns:
-    A ``Fusion`` with no params: ``apply(params, member_logits [M, B, C])
+    A ``Fusion`` with no params: ``apply(params, member_outputs [M, B, C])
     -> [B, C]`` fused log-probabilities.
 
   Raises:
@@ -139,17 +155,20 @@ def soft_vote(weights: Optional[Any] = None) -> Fusion:
     >>> f = fusion.soft_vote([1.0, 3.0])
     >>> print(np.exp(f.apply((), jnp.log(p))).round(3))
     [[0.6 0.4]]
+    >>> p = jnp.array([[[.375, .625]], [[.75, .25]], [[.375, .625]]])  # an exact tie
+    >>> fusion.soft_vote(probs=True).apply((), p).argmax(-1).tolist()  # as scikit-learn
+    [0]
 
   References:
     Kittler, Hatef, Duin and Matas, "On Combining Classifiers", IEEE TPAMI
     1998 (the sum rule); scikit-learn ``VotingClassifier``.
   """
-  name = f"soft_vote(weights={weights!r})"
+  name = f"soft_vote(weights={weights!r}{', probs=True' if probs else ''})"
   w = (None if weights is None else  # as given, for messages
        _checks.weights(weights, fusion=name, normalise=False))
   log_w = None if w is None else fixed_log_weights(w / w.sum())
 
-  def apply(params, member_outputs, *, x=None, key=None):
+  def apply_logits(params, member_outputs, *, x=None, key=None):
     del params, x, key
     m, _, _ = _checks.member_outputs(member_outputs, fusion=name)
     _checks.weights_match(w, m, fusion=name)
@@ -159,4 +178,17 @@ def soft_vote(weights: Optional[Any] = None) -> Fusion:
       lw = jnp.asarray(log_w, member_outputs.dtype)[:, None, None]
     return log_mixture(member_outputs, lw)
 
-  return Fusion(_no_params, apply)
+  def apply_probs(params, member_outputs, *, x=None, key=None):
+    del params, x, key
+    m, _, _ = _checks.member_outputs(member_outputs, fusion=name)
+    _checks.weights_match(w, m, fusion=name)
+    p = member_outputs
+    if w is None:
+      wm, total = None, float(m)
+    else:
+      wm = jnp.asarray(w, p.dtype)
+      total = jnp.sum(wm)  # np.average's scl = wgt.sum()
+    acc = jnp.sum(p if wm is None else p * wm[:, None, None], axis=0)  # np.average's sum
+    return jnp.log(acc / total)
+
+  return Fusion(_no_params, apply_probs if probs else apply_logits)

@@ -43,6 +43,24 @@ def test_select_by_index_name_slice(logits):
   np.testing.assert_array_equal(sel("all", {"all": slice(None)}), z)
 
 
+def test_select_with_a_real_groups_ensemble():
+  """``select(name, ens.groups)`` (and ``select(name, ens)``) picks that group's members:
+  Ensemble.groups holds ``(start, stop)`` pairs, not lists of indices."""
+  import fusionjax as fj  # pylint: disable=g-import-not-at-top
+  ens = fj.ensemble.groups(cnn=fj.ensemble.from_linen(fj.models.CNN(10, (4, 8), 16), 3),
+                           gru=fj.ensemble.from_linen(fj.models.RowGRU(10, 8), 2))
+  assert ens.groups == {"cnn": (0, 3), "gru": (3, 5)}
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 12, 12, 1)), jnp.float32)
+  out, _ = ens.apply(ens.init(jax.random.key(0), x[:1]), x)  # [5, 4, 10]
+  for names in (ens.groups, ens):
+    np.testing.assert_array_equal(fu.select("cnn", names).apply((), out), out[0:3])
+    np.testing.assert_array_equal(fu.select("gru", names).apply((), out), out[3:5])
+    np.testing.assert_array_equal(fu.select(["gru", "cnn"], names).apply((), out),
+                                  out[np.array([3, 4, 0, 1, 2])])
+  # A list is explicit indices: [0, 3] is members 0 and 3.
+  np.testing.assert_array_equal(fu.select("x", {"x": [0, 3]}).apply((), out), out[np.array([0, 3])])
+
+
 def test_groups_fused_separately_then_together(logits, key):
   z = logits(5, 6, 3)
   f = fu.chain(fu.parallel(fu.chain(fu.select("cnn", GROUPS), fu.mean()),

@@ -152,3 +152,54 @@ def test_weights_validated(vote):
     vote([1.0, 2.0]).apply((), jnp.zeros((3, 4, 2)))
   with pytest.raises(errors.MemberOutputsError, match=r"\(4, 2\)"):
     vote().apply((), jnp.zeros((4, 2)))
+
+
+# ------------------------------------------- soft vote on probabilities: exact ties
+def _eighths(rng, m, b, c):
+  """Random probabilities in multiples of 1/8 (rows sum to 1): exact ties everywhere."""
+  counts = np.stack([rng.multinomial(8, np.ones(c) / c, size=b) for _ in range(m)])
+  return counts.astype(np.float32) / 8.0
+
+
+@pytest.mark.parametrize("w", [None, [1, 2, 4, 1], [0.5, 0.25, 2.0, 1.0]], ids=str)
+@settings(max_examples=20, deadline=None, database=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_soft_vote_on_probabilities_equals_voting_classifier_exactly(w, seed):
+  rng = np.random.default_rng(seed)
+  p = _eighths(rng, M, B, C)
+  X = np.arange(B)[:, None]
+  y = np.arange(B) % C
+  soft = VotingClassifier([(f"m{m}", Fixed(p[m])) for m in range(M)], voting="soft",
+                          weights=w).fit(X, y)
+  out = jax.jit(fu.soft_vote(w, probs=True).apply)((), jnp.asarray(p))  # float32
+  np.testing.assert_array_equal(np.asarray(out.argmax(-1)), soft.predict(X))
+  np.testing.assert_allclose(np.exp(out), soft.predict_proba(X), rtol=1e-6)
+
+
+def test_eighths_tie_often():
+  """The inputs of the exactness test hold many exact ties of the averaged probabilities."""
+  p = _eighths(np.random.default_rng(0), M, B, C)
+  for w in (None, [1, 2, 4, 1]):
+    avg = np.average(p.astype(np.float64), axis=0, weights=w)
+    assert ((avg == avg.max(-1, keepdims=True)).sum(-1) > 1).sum() >= 3  # 6 and 3 of 64
+
+
+def test_soft_vote_on_probabilities_breaks_the_issue_tie_as_sklearn():
+  p = np.array([[[.375, .625]], [[.75, .25]], [[.375, .625]]], np.float32)
+  soft = VotingClassifier([(f"m{m}", Fixed(p[m])) for m in range(3)], voting="soft"
+                          ).fit(np.zeros((2, 1)), np.array([0, 1]))
+  assert soft.predict(np.zeros((1, 1))).tolist() == [0]
+  assert fu.soft_vote(probs=True).apply((), jnp.asarray(p)).argmax(-1).tolist() == [0]
+
+
+@pytest.mark.parametrize("w", [None, [0.3, 1.7, 0.1, 2.9]], ids=str)
+def test_soft_vote_on_random_probabilities_agrees_at_float_precision(w):
+  rng = np.random.default_rng(3)
+  p = rng.dirichlet(np.ones(C), size=(M, B))
+  want = np.average(p, axis=0, weights=w)
+  got32 = np.exp(fu.soft_vote(w, probs=True).apply((), jnp.asarray(p, jnp.float32)))
+  np.testing.assert_allclose(got32, want, rtol=1e-6)
+  with jax.enable_x64(True):
+    got64 = np.exp(fu.soft_vote(w, probs=True).apply((), jnp.asarray(p, jnp.float64)))
+    assert got64.dtype == np.float64
+  np.testing.assert_allclose(got64, want, rtol=1e-12)
