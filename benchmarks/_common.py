@@ -35,6 +35,27 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list:
+  """The vector-ISA flags of this CPU that change XLA:CPU's kernels (from /proc/cpuinfo)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          have = set(line.split(":", 1)[1].split())
+          return [fl for fl in _ISA_FLAGS if fl in have]
+  except OSError:
+    pass
+  return []
+
+
+def has_avx512() -> bool:
+  return "avx512f" in cpu_flags()
+
+
 def _version(name: str) -> Optional[str]:
   try:
     from importlib import metadata  # pylint: disable=g-import-not-at-top
@@ -62,6 +83,8 @@ def machine() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   return {
       "cpu": cpu_model(),
+      "cpu_flags": cpu_flags(),
+      "avx512": has_avx512(),
       "cores": os.cpu_count(),
       "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
       "caches": _lscpu(),

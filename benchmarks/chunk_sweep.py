@@ -9,7 +9,7 @@ for every ``k`` (``k = M`` is one vmap over all members, inputs broadcast;
 shipped default) and the loop of single-member jitted steps, and reports step
 times, the ratio to the loop, and XLA's temporary buffer size (a temporary
 buffer over ~32 MB is mmap-ed, and page-faulted, on every call). It is the
-measurement behind ``fusionjax.train._fast.auto_chunk``.
+measurement behind ``fusionjax.train._layouts.auto_chunk``.
 """
 import argparse
 import os
@@ -26,7 +26,7 @@ import optax  # noqa: E402
 import _common as C  # noqa: E402
 import ensemble_step as S  # noqa: E402
 import fusionjax as fj  # noqa: E402
-from fusionjax.train import _fast  # noqa: E402
+from fusionjax.train import _layouts  # noqa: E402
 
 
 def sweep(model, m, chunks, cycles, target_s):
@@ -57,8 +57,8 @@ def sweep(model, m, chunks, cycles, target_s):
   loop = S.jax_variants(model, m, x, y)[0]["jax_loop"]
   variants["jax_loop"] = loop
   times = C.interleave(variants, cycles, target_s=target_s)
-  auto = _fast.auto_chunk(ens, fj.train.init(ens, tx, jax.random.key(0), x[:1])
-                          .params["members"])
+  auto = _layouts.auto_chunk(m, fj.train.init(ens, tx, jax.random.key(0), x[:1])
+                             .params["members"])
   rows = []
   for name, t in times.items():
     if name == "jax_loop":

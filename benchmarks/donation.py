@@ -4,7 +4,7 @@
         [--out donation]
 
 Why the chunked step donates the state of MLP programs and not of
-convolutional ones (``fusionjax.train._fast``: the host layout's per-member
+convolutional ones (``fusionjax.train._layouts``: the loop layout's per-member
 calls and the one-member CNN program are not donated). For each model,
 interleaved (ABAB...) in one process, batch 128, Adam:
 

@@ -5,12 +5,13 @@
 
 For each model and ensemble size M, in one process and interleaved (ABAB...):
 
-* ``fj``: fusionjax's stacked step, ``fj.train.make_step(ens, adam)`` as shipped
-  (members laid out in cache-sized chunks, ``member_chunk='auto'``);
+* ``fj``: fusionjax's stacked step, ``fj.train.make_trainer(ens, adam,
+  x_example=x).step`` as shipped (``layout='auto'``; the table's ``layout``
+  column says which ran);
 * ``fj_noguard``: the same with ``guard=False`` (no non-finite guard), the
   semantics of the plain loop below;
-* ``fj_vmap``: the same step as one vmap over all members (``member_chunk=None``),
-  the layout before the chunked step;
+* ``fj_vmap``: the same step in ``layout='vmap'``, one vmapped program (the
+  contract, and the default on GPU and TPU);
 * ``jax_loop``: a Python loop of M single-member jitted steps (flax + optax);
 * ``jax_loop_guarded``: the same loop with fusionjax's non-finite guard
   (``skip_nonfinite`` and the kept params), i.e. the stacked step's semantics;
@@ -47,7 +48,6 @@ import optax  # noqa: E402
 
 import _common as C  # noqa: E402
 import fusionjax as fj  # noqa: E402
-from fusionjax.train import _fast  # noqa: E402
 
 BATCH = 128
 MODELS = {
@@ -107,14 +107,17 @@ def jax_variants(model, m, x, y):
   ens = fj.ensemble.from_linen(module, m)
   batch = {"x": x, "y": y}
   out, info = {}, {}
-  layouts = (("fj", "auto", True), ("fj_noguard", "auto", False), ("fj_vmap", None, True))
+  layouts = (("fj", "auto", True), ("fj_noguard", "auto", False), ("fj_vmap", "vmap", True))
   if model == "cnn" and m > 4:
     # One vmap over M CNNs makes every convolution a grouped one, which XLA:CPU
     # runs ~25x slower than M plain ones (22 s a step at M=16): not timed.
     layouts = layouts[:2]
-  for name, chunk, guard in layouts:
-    state = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1], guard=guard)}
-    step = fj.train.make_step(ens, tx, member_chunk=chunk, guard=guard)
+  for name, layout, guard in layouts:
+    trainer = fj.train.make_trainer(ens, tx, guard=guard, layout=layout, x_example=x[:1])
+    if name == "fj":
+      info["layout"] = trainer.layout
+    state = {"s": trainer.init(jax.random.key(0), x[:1])}
+    step = trainer.step
     t = time.perf_counter()
     state["s"], logs = step(state["s"], batch)
     jax.block_until_ready(logs)
@@ -125,11 +128,9 @@ def jax_variants(model, m, x, y):
       jax.block_until_ready(logs["loss"])
 
     out[name] = run
-  st0 = fj.train.init(ens, tx, jax.random.key(0), x[:1])
-  if _fast.uses_convolution(ens, st0.params["members"], st0.state, x):
-    info["chunk"] = "1, host loop" if m > 1 else "1, one program"
-  else:
-    info["chunk"] = str(_fast.auto_chunk(ens, st0.params["members"]))
+  if info["layout"] == "scan":
+    p = jax.eval_shape(ens.init, jax.random.key(0), x[:1])["params"]
+    info["layout"] = f"scan, chunk {fj.train._layouts.auto_chunk(m, p)}"  # pylint: disable=protected-access
 
   out["jax_loop"] = _jax_loop(module, tx, m, x, y, guard=False)
   out["jax_loop_guarded"] = _jax_loop(module, tx, m, x, y, guard=True)
@@ -245,7 +246,7 @@ def bench(model, m, cycles, torch, target_s):
   step_t = {k: [t / steps_per_call.get(k, 1) for t in v] for k, v in times.items() if k != "gemm"}
   peak = [gemm_flops / t / 1e9 for t in times["gemm"]]
   fl = flops_per_sample(model) * m * BATCH
-  row = {"model": model, "members": m, "batch": BATCH, "chunk": info["chunk"],
+  row = {"model": model, "members": m, "batch": BATCH, "layout": info["layout"],
          "gemm_peak_gflops": C.med(peak), "cycles": cycles,
          "first_step_s": info["fj_first_step_s"],
          "fj_vmap_first_step_s": info.get("fj_vmap_first_step_s"),
@@ -268,7 +269,8 @@ def bench(model, m, cycles, torch, target_s):
 
 
 COLUMNS = [
-    ("model", "model", None), ("M", "members", None), ("chunk", "chunk", None),
+    ("model", "model", None), ("M", "members", None),
+    ("layout", lambda r: r.get("layout", r.get("chunk")), None),
     ("fj ms", "fj_ms", "{:.2f}"), ("fj member-samples/s", "fj_msps", "{:,.0f}"),
     ("vs fj_vmap", lambda r: r.get("fj_vs_fj_vmap", {}).get("median"), "{:.2f}x"),
     ("vs jax_loop", lambda r: r["fj_vs_jax_loop"]["median"], "{:.2f}x"),
@@ -317,6 +319,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   torch = None if args.no_torch else C.torch_or_none()
   mach = C.machine()
+  print(f"CPU: {mach['cpu']}; vector ISA: {' '.join(mach['cpu_flags'])}", flush=True)
   gemm, gemm_flops = C.gemm_runner()
   stream, stream_bytes = C.stream_runner()
   pt = C.interleave({"gemm": gemm, "stream": stream}, args.cycles, target_s=0.3)

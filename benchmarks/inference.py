@@ -6,9 +6,9 @@
 For each model and M, interleaved (ABAB...) in one process:
 
 * ``fj``: ``fj.train.make_predict(ens, fj.fusion.mean())`` as shipped (members
-  in cache-sized chunks, ``member_chunk='auto'``), member outputs and the fused
+  in cache-sized chunks, ``layout='auto'``), member outputs and the fused
   log-probabilities in one jitted call;
-* ``fj_vmap``: the same with one vmap over all members (``member_chunk=None``);
+* ``fj_vmap``: the same with one vmap over all members (``layout='vmap'``);
 * ``jax_loop``: M single-member jitted forward passes, then the same fusion
   jitted over the stacked outputs;
 * ``gemm``: one 2048^3 float32 matmul through JAX (the peak of that cycle).
@@ -30,7 +30,7 @@ import optax  # noqa: E402
 import _common as C  # noqa: E402
 import ensemble_step as S  # noqa: E402
 import fusionjax as fj  # noqa: E402
-from fusionjax.train import _fast  # noqa: E402
+from fusionjax.train import _layouts, _trainer  # noqa: E402
 
 
 def bench(model, m, batch, cycles, target_s):
@@ -64,8 +64,8 @@ def bench(model, m, batch, cycles, target_s):
   peak = [gemm_flops / t / 1e9 for t in times.pop("gemm")]
   fl = S.flops_per_sample(model, train=False) * m * batch
   row = {"model": model, "members": m, "batch": batch, "gemm_peak_gflops": C.med(peak),
-         "chunk": (1 if _fast.uses_convolution(ens, state.params["members"], state.state, x)
-                   else _fast.auto_chunk(ens, state.params["members"], opt_slots=0)),
+         "chunk": (1 if _trainer._uses_conv(ens, x)  # pylint: disable=protected-access
+                   else _layouts.auto_chunk(m, state.params["members"], opt_slots=0)),
          "flops_per_call": fl}
   for k, v in times.items():
     row[f"{k}_ms"] = 1e3 * C.med(v)

@@ -38,6 +38,17 @@ class BatchShapeError(FusionJaxError):
   """
 
 
+class InputRankError(FusionJaxError):
+  """A model was given an input of the wrong rank.
+
+  ``MLP`` flattens any ``[B, ...]``; ``CNN`` and ``ResNet`` read images
+  ``[B, H, W, C]`` (``CNN`` also ``[B, H, W]``); ``CNN1D`` reads signals
+  ``[B, L, C]`` or ``[B, L]``; ``RowGRU``/``RowLSTM`` read sequences
+  ``[B, T, D]`` or images ``[B, H, W, C]`` (one row a step). The message
+  names the shape given and the fix.
+  """
+
+
 class MemberAxisError(FusionJaxError):
   """A params tree without the member axis was passed where a stacked one is expected.
 
@@ -56,12 +67,26 @@ class MeshError(FusionJaxError):
   """
 
 
-class GuardMismatchError(FusionJaxError):
-  """The train state and the step disagree on the non-finite guard.
+class LayoutError(FusionJaxError):
+  """A layout that cannot run this ensemble, regime, mesh or platform, or a
+  question that a layout cannot answer.
 
-  ``fj.train.init(..., guard=...)`` shapes the optimizer state (a guarded one
-  carries each member's verdict), so the step must be built with the same
-  value. Fix: pass the same ``guard=`` to ``init`` and ``make_step``.
+  ``'vmap'`` runs everywhere; ``'scan'`` needs members built from one
+  single-member function (``from_fn``, ``from_linen``, ``from_nnx``, or
+  groups of them), regime ``'independent'`` and no mesh; ``'loop'`` also needs
+  one homogeneous group and the CPU. The ``'loop'`` step is a host loop of
+  jitted calls, so it has no single program to ``trace`` or ``lower``. Fix:
+  pass ``layout='auto'`` or one the message lists.
+  """
+
+
+class LayoutMismatchError(FusionJaxError):
+  """A checkpoint written under one layout is resumed under another.
+
+  The layouts compute the same maths, but their programs round differently, so
+  a resumed run would not equal the uninterrupted one. Fix: resume with the
+  layout the message names (``make_trainer(..., layout=...)`` or ``fit(...,
+  layout=...)``), or start a fresh run in another ``ckpt_dir``.
   """
 
 
@@ -265,4 +290,49 @@ class AlignmentError(FusionJaxError):
   'Dense_L': ...}`` whose widths chain (``fusionjax.models.MLP`` params,
   unstacked). Fix: pass single-member MLP params of the same widths; the
   message names the key or shape that does not fit.
+  """
+
+
+class NonFiniteInputError(FusionJaxError):
+  """An input array (training or evaluation data, or member outputs) holds NaN or Inf.
+
+  Checked once on the host before training or fitting starts; the message names
+  the rows. Fix: drop or impute those rows.
+  """
+
+
+class TrainConfigError(FusionJaxError):
+  """A training argument out of its range (e.g. ``epochs < 0``), or an evaluation set
+  that does not fit the training data (other example shapes, or empty).
+
+  The message names the value and the fix.
+  """
+
+
+# --------------------------------------------------------------------------
+# data (prepared data sets)
+# --------------------------------------------------------------------------
+class UnsafeFeatureError(FusionJaxError):
+  """A prepared data set names a feature class that fusionjax does not read.
+
+  tfds rebuilds a prepared folder's features from ``features.json`` (or the
+  ``features`` of ``dataset_info.json``) and imports any module a
+  ``pythonClassName`` there names, so a data folder could run code. fusionjax
+  reads these files itself and accepts only the tfds classes listed in
+  ``fusionjax.data._prepared.FEATURE_CLASSES`` (FeaturesDict, Tensor, Scalar,
+  ClassLabel, Image, Text); nothing a data folder names is imported. The
+  message names the class, the feature and the file. Fix: prepare the data set
+  again with those features, or, if you trust the folder, read it with tfds
+  yourself (``tfds.data_source``) and pass the arrays to
+  ``fusionjax.data.from_arrays``.
+  """
+
+
+class CorruptPreparedDataError(CorruptFileError):
+  """A prepared data set (its array_record files or metadata) is damaged.
+
+  For example a record file truncated by a full disk or a copy that stopped
+  half-way. The message names the prepared folder. Fix: delete that folder;
+  preparing again rebuilds it (``fusionjax.data.load`` and ``prepare_idx`` do
+  so for MNIST, Fashion-MNIST and KMNIST; other data sets with ``tfds build``).
   """

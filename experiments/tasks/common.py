@@ -212,9 +212,9 @@ def fit_per_member(ens, cfg: dict, x, y, indices: Sequence[np.ndarray], key, *,
   state = fj.train.init(ens, tx, key, x[:1])
   if init_params is not None:
     params = {"members": init_params, "fusion": state.params["fusion"]}
-    opt = fj.train.make_optimizer(ens, tx)
-    state = state._replace(params=params, opt_state=opt.init(params))
-  step = fj.train.make_step(ens, tx, per_member=True)
+    state = state._replace(params=params,
+                           opt_state=ens.member_map(tx.init, params["members"]))
+  step = fj.train.make_step(ens, tx, per_member=True, x_example=x[:1])
   shift = cfg.get("shift", 0)
   background = float(np.min(x)) if shift else 0.0
   shift_key = jax.random.fold_in(key, 0x5817)

@@ -64,7 +64,7 @@ def measure(model: str, m: int, batch: int, repeats: int, steps: int) -> dict:
   tx = optax.adam(1e-3)
   ens = fj.ensemble.from_linen(module, m)
   box = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1])}
-  step = fj.train.make_step(ens, tx)
+  step = fj.train.make_step(ens, tx, x_example=x[:1])
 
   def stacked():
     box["s"], logs = step(box["s"], {"x": x, "y": y})

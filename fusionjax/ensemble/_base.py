@@ -38,6 +38,13 @@ class Ensemble(NamedTuple):
       params tree (identity for one group, a dict of slices for several).
     join: the inverse of ``split``: concatenates per-group arrays in the
       fixed member order.
+    member_apply: the single-member ``(variables, x, key, train) -> (outputs
+      [B, C], new_state)`` that ``apply`` maps over the members, or None when
+      the ensemble was not built from one (:func:`from_fn`, ``from_linen`` and
+      ``from_nnx`` set it). The trainer maps it over the member axis by a
+      layout (``fusionjax.train.make_trainer``).
+    parts: for a heterogeneous ensemble (:func:`groups`), group name -> its
+      homogeneous ensemble (each with its own ``member_apply``); None otherwise.
   """
   init: Callable[..., Any]
   apply: Callable[..., Any]
@@ -47,6 +54,8 @@ class Ensemble(NamedTuple):
   member_map: Callable[..., Any]
   split: Callable[..., Any]
   join: Callable[..., Any]
+  member_apply: Optional[Callable[..., Any]] = None
+  parts: Optional[Mapping[str, Any]] = None
 
 
 def _check_size(size):
@@ -153,11 +162,7 @@ def from_fn(member_init: Callable, member_apply: Callable, size: int,
     fn = lambda v, xx, k: member_apply(v, xx, k, train)
     return jax.vmap(fn, in_axes=in_axes)(variables, x, keys)
 
-  # The single-member function travels with ``apply`` so that the train step
-  # can run members in cache-sized chunks (fusionjax.train._fast) without a
-  # new Ensemble field; ensembles built otherwise (groups) do not carry it.
-  apply._fj_member_apply = member_apply  # pylint: disable=protected-access
   names = tuple(f"{name}{i}" for i in range(size))
   identity = lambda a: a
   return Ensemble(init, apply, size, names, {name: (0, size)}, _vmap_members,
-                  identity, identity)
+                  identity, identity, member_apply=member_apply)

@@ -21,7 +21,8 @@ def groups(**named: Ensemble) -> Ensemble:
 
   Returns:
     An :class:`Ensemble` with ``size = sum(M_g)``, member names
-    ``'<group>/<i>'`` and ``groups[name] = (start, stop)``.
+    ``'<group>/<i>'``, ``groups[name] = (start, stop)`` and ``parts[name]``
+    the group's own ensemble.
 
   Raises:
     GroupShapeError: when groups produce outputs of different shapes.
@@ -82,7 +83,8 @@ def groups(**named: Ensemble) -> Ensemble:
   def join(tree):
     return jnp.concatenate([tree[g] for g in order], axis=0)
 
-  return Ensemble(init, apply, size, names, bounds, member_map, split, join)
+  return Ensemble(init, apply, size, names, bounds, member_map, split, join,
+                  parts=dict(named))
 
 
 def select_group(ensemble: Ensemble, variables, name: Union[str, int]):

@@ -182,7 +182,7 @@ def fit_bagging(ensemble: Ensemble, tx: optax.GradientTransformation, x, y, *,
   k_init, k_bag = jax.random.split(key)
   indices = bootstrap(k_bag, len(x), ensemble.size)
   state: TrainState = _train.make_init(ensemble, tx)(k_init, jnp.asarray(x[:1]))
-  step = make_step(ensemble, tx, per_member=True)
+  step = make_step(ensemble, tx, per_member=True, x_example=x[:1])
   per_epoch = len(x) // min(batch_size, len(x))
   state, _ = _train.run_steps(step, state, x, y, num_steps=epochs * per_epoch,
                               batch_size=batch_size, seed=seed, indices=indices)

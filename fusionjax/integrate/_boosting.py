@@ -188,7 +188,7 @@ def boost(module: nn.Module, x, y, x_val, y_val, *, key: jax.Array,
   x_val, y_val = _train.check_xy(x_val, y_val, where)
   ens1 = _train.linen_ensemble(module, 1)
   init = _train.make_init(ens1, tx)
-  step = make_step(ens1, tx, loss=squared_error)
+  step = make_step(ens1, tx, loss=squared_error, x_example=x[:1])
 
   yj, yvj = jnp.asarray(y, jnp.int32), jnp.asarray(y_val, jnp.int32)
   kept, sizes, hist = [], [], {"train_nll": [], "val_nll": [], "val_accuracy": [], "rho": []}

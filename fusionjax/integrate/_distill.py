@@ -170,7 +170,7 @@ def distill(student: nn.Module, teacher_log_probs, x, y, *, key: jax.Array,
 
   ens1 = _train.linen_ensemble(student, 1)
   state = _train.make_init(ens1, tx)(key, jnp.asarray(x[:1]))
-  state, losses = _train.run_steps(make_step(ens1, tx, loss=loss), state, x, targets,
+  state, losses = _train.run_steps(make_step(ens1, tx, loss=loss, x_example=x[:1]), state, x, targets,
                                    num_steps=num_steps, batch_size=batch_size, seed=seed)
   return DistillResult(_train.host_copy({"params": state.params["members"],
                                          "state": state.state}), losses)

@@ -184,7 +184,7 @@ def collect_snapshots(module: nn.Module, tx: optax.GradientTransformation, x, y,
     if t + 1 in wanted:
       saved[t + 1] = _train.host_copy({"params": st.params["members"], "state": st.state})
 
-  step = make_step(ens1, tx, **({} if loss is None else {"loss": loss}))
+  step = make_step(ens1, tx, x_example=x[:1], **({} if loss is None else {"loss": loss}))
   _, losses = _train.run_steps(step, state, x, y, num_steps=num_steps,
                                batch_size=batch_size, seed=seed, callback=keep)
   snaps = [saved[s] for s in save_at]

@@ -309,7 +309,7 @@ def fit_swa(module: nn.Module, tx: optax.GradientTransformation, x, y, *,
   def callback(t, st):
     holder["swa"] = update(holder["swa"], variables(st), t + 1)
 
-  step = make_step(ens1, tx)
+  step = make_step(ens1, tx, x_example=x[:1])
   state, losses = _train.run_steps(step, state, x, y, num_steps=num_steps,
                                    batch_size=batch_size, seed=seed, callback=callback)
   s = holder["swa"]

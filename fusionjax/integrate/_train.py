@@ -16,7 +16,7 @@ import optax
 
 from fusionjax import errors
 from fusionjax.ensemble import Ensemble, from_linen
-from fusionjax.train import TrainState, make_optimizer, make_step
+from fusionjax.train import TrainState, make_step
 
 
 def _is_number(value) -> bool:
@@ -93,16 +93,16 @@ def make_init(ensemble: Ensemble, tx: optax.GradientTransformation) -> Callable:
   every member added later (boosting) and every run of the same architecture;
   only the cheap optimizer init is compiled per call.
   """
-  opt = make_optimizer(ensemble, tx)
   member_init = jax.jit(ensemble.init)
-  opt_init = jax.jit(opt.init)
+  opt_init = jax.jit(lambda params: ensemble.member_map(tx.init, params))
 
   def init(key, x):
     k_members, _, k_step = jax.random.split(key, 3)
     variables = member_init(k_members, jnp.asarray(x))
     params = {"members": variables["params"], "fusion": ()}
     return TrainState(jnp.zeros((), jnp.int32), params, variables["state"],
-                      opt_init(params), k_step)
+                      opt_init(params["members"]), (), k_step,
+                      jnp.zeros((ensemble.size,), bool))
 
   return init
 
@@ -121,7 +121,7 @@ def start_state(ensemble: Ensemble, tx: optax.GradientTransformation, key: jax.A
   params = {"members": jax.tree.map(jnp.array, init_variables["params"]), "fusion": ()}
   return state._replace(params=params,
                         state=jax.tree.map(jnp.array, init_variables.get("state", {})),
-                        opt_state=make_optimizer(ensemble, tx).init(params))
+                        opt_state=ensemble.member_map(tx.init, params["members"]))
 
 
 def variables_of(state_or_variables) -> dict:
@@ -186,7 +186,7 @@ def train_member(ensemble: Ensemble, tx: optax.GradientTransformation, x, target
                  callback=None) -> Any:
   """Initialises and trains ``ensemble`` with the engine's step (one call, one compile)."""
   kwargs = {} if loss is None else {"loss": loss}
-  step = make_step(ensemble, tx, **kwargs)
+  step = make_step(ensemble, tx, x_example=x[:1], **kwargs)
   state = make_init(ensemble, tx)(key, jnp.asarray(x[:1]))
   return run_steps(step, state, x, targets, num_steps=num_steps, batch_size=batch_size,
                    seed=seed, callback=callback)

@@ -1,7 +1,10 @@
-"""Training: one jitted step for all members, sharding, and the driver."""
-from fusionjax.train._step import (REGIMES, TrainState, cross_entropy, init, make_optimizer,
-                                   make_predict, make_step, per_member, skip_nonfinite,
-                                   squared_error)
+"""Training: one member step mapped over the members by a layout, sharding, and the driver."""
+from fusionjax.train._trainer import (LAYOUTS, REGIMES, Predictor, Trainer, TrainState,
+                                      auto_layout, make_predictor, make_trainer,
+                                      resolve_platform)
+from fusionjax.train._losses import cross_entropy, squared_error
+from fusionjax.train._guard import GuardState, all_finite, leaf_all_finite, skip_nonfinite
+from fusionjax.train._step import init, make_predict, make_step, per_member
 from fusionjax.train._sharding import (batch_shardings, jit_sharded, make_mesh, put,
                                        shard_batch, shard_state, state_shardings)
 from fusionjax.train._checkpoint import Checkpointer, check_writable

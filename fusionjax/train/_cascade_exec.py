@@ -16,7 +16,6 @@ import numpy as np
 
 from fusionjax import errors
 from fusionjax.ensemble import Ensemble
-from fusionjax.train._fast import member_fn
 
 _CONFIDENCES = ("max_prob", "margin")
 _STAGE_FNS = weakref.WeakKeyDictionary()  # member apply -> jitted stage function
@@ -110,7 +109,7 @@ def cascade_predict(ensemble: Ensemble, state, x, thresholds, confidence: str = 
     simple features. Wang et al., 2022. Wisdom of committees: an overlooked
     approach to faster and more accurate models.
   """
-  apply_one = member_fn(ensemble)
+  apply_one = ensemble.member_apply
   if apply_one is None:
     raise TypeError(
         "cascade_predict runs one member at a time and needs an ensemble built "

@@ -88,13 +88,17 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._mgr.latest_step()
 
-  def save(self, step: int, state: Any, position: dict) -> None:
-    """Saves ``state`` and the data ``position`` at ``step`` (blocking, atomic)."""
+  def save(self, step: int, state: Any, position: dict, meta: Optional[dict] = None) -> None:
+    """Saves ``state``, the data ``position`` and the run's ``meta`` (JSON: e.g. the
+    layout) at ``step`` (blocking, atomic)."""
     item = {"state": _to_saveable(state),
             "position": {k: np.asarray(v, np.int64) for k, v in position.items()}}
     kept = self.latest_step()
+    ocp = _ocp()
     try:
-      self._mgr.save(int(step), args=_ocp().args.StandardSave(item), force=True)
+      self._mgr.save(int(step), args=ocp.args.Composite(
+          item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(dict(meta or {}))),
+                     force=True)
       self._mgr.wait_until_finished()
     except OSError as e:
       # orbax writes into a temporary directory and renames it when complete,
@@ -105,6 +109,13 @@ class Checkpointer:
           "a restart resumes from it. Fix: free disk space or choose another "
           "ckpt_dir.") from e
 
+  def meta(self, step: Optional[int] = None) -> dict:
+    """The JSON ``meta`` saved with the checkpoint at ``step`` (default: the latest)."""
+    step = self.latest_step() if step is None else step
+    ocp = _ocp()
+    return dict(self._mgr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"] or {})
+
   def restore(self, state_like: Any, step: Optional[int] = None):
     """Restores ``(state, position)``; ``state_like`` gives structure, dtypes, shardings."""
     step = self.latest_step() if step is None else step
@@ -112,7 +123,8 @@ class Checkpointer:
             "position": {"epoch": np.zeros((), np.int64), "batch": np.zeros((), np.int64)}}
     ocp = _ocp()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    item = self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    item = self._mgr.restore(step, args=ocp.args.Composite(
+        item=ocp.args.StandardRestore(abstract)))["item"]
     state = _from_saveable(item["state"], state_like)
     state = type(state_like)(*state) if isinstance(state_like, tuple) and not isinstance(
         state, type(state_like)) else state

@@ -92,7 +92,7 @@ def cross_fit(module, size: int, k: int, tx: optax.GradientTransformation, train
   folds = np.asarray(fusion_lib.stratified_folds(y, k))
   ens = from_linen(module, (k + 1) * size)
   state = init_state(ens, tx, key, x[:1])
-  step = make_step(ens, tx, per_member=True)
+  step = make_step(ens, tx, per_member=True, x_example=x[:1])
   for epoch in range(epochs):
     idx = replica_indices(folds, k, size, seed, epoch)
     for b in range(idx.shape[1] // batch_size):

@@ -1,7 +1,7 @@
 """The training driver: epochs, evaluation, progress bar, JSONL log, checkpoints.
 
-``fit`` is the loop around :func:`~fusionjax.train.make_step` that experiments
-use. It is deterministic: the data order of epoch ``e`` comes from
+``fit`` is the loop around :func:`~fusionjax.train.make_trainer` that
+experiments use. It is deterministic: the data order of epoch ``e`` comes from
 ``(seed, e)``, the step's RNG key lives in the state, and the data position is
 checkpointed with the state, so a resumed run equals the uninterrupted one.
 """
@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fusionjax import errors
+from fusionjax import _validate, errors
 from fusionjax.data import bootstrap
 from fusionjax.ensemble import Ensemble
 from fusionjax.fusion import Fusion
 from fusionjax.train import _sharding
 from fusionjax.train._checkpoint import Checkpointer, check_writable, tree_bytes
-from fusionjax.train._step import TrainState, init as init_state, make_predict, make_step
+from fusionjax.train._trainer import TrainState, make_predictor, make_trainer
 
 
 class FitResult(NamedTuple):
@@ -94,7 +94,8 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
         ckpt_every: Optional[int] = None, resume: bool = True, mesh=None,
         bagging: bool = False, on_nonfinite: str = "stop", progress: bool = True,
         sync_every: int = 50, handle_signals: bool = True,
-        max_steps: Optional[int] = None, seed: int = 0) -> FitResult:
+        max_steps: Optional[int] = None, seed: int = 0, layout="auto",
+        platform: Optional[str] = None) -> FitResult:
   """Trains every member in one jitted step per batch, for ``epochs`` epochs.
 
   Args:
@@ -104,7 +105,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
     key: PRNG key for init, dropout and bagging.
     epochs: passes over the training set.
     batch_size: examples per step (the last partial batch is dropped).
-    fusion, regime, lam, fusion_tx: see :func:`~fusionjax.train.make_step`.
+    fusion, regime, lam, fusion_tx: see :func:`~fusionjax.train.make_trainer`.
     eval_sets: name -> ``(x, y)`` (or a source), evaluated after every epoch.
     log_path: a JSON-lines file; one line per epoch (``pandas.read_json(path, lines=True)``).
     ckpt_dir: orbax checkpoints (state, data position, key); checked for
@@ -115,44 +116,88 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
     bagging: each member trains on its own bootstrap of the training set.
     on_nonfinite: ``'stop'`` raises :class:`~fusionjax.errors.NonFiniteError`
       naming the member and step (no checkpoint of that state is written);
-      ``'freeze'`` skips that member's updates and lets the others carry on.
+      ``'freeze'`` freezes that member for good (``state.frozen``, kept by
+      checkpoints and resumes) and lets the others carry on.
     progress: show a tqdm progress bar.
     sync_every: steps between host reads of the logs (the only host syncs).
     handle_signals: SIGINT/SIGTERM finish the step, checkpoint and return
       ``status='interrupted'``.
     max_steps: stop after this many steps in total (for smoke runs).
     seed: seed of the data order.
+    layout, platform: see :func:`~fusionjax.train.make_trainer`. The resolved
+      layout is printed, written into every log record and into the
+      checkpoints; resuming under another layout raises
+      :class:`~fusionjax.errors.LayoutMismatchError`.
 
   Returns:
     A :class:`FitResult`.
   """
   if on_nonfinite not in ("stop", "freeze"):
     raise ValueError(f"on_nonfinite must be 'stop' or 'freeze'; got {on_nonfinite!r}.")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+      or batch_size < 1:
+    raise errors.BatchSizeError(
+        f"fit: batch_size={batch_size!r} must be an int >= 1. Fix: e.g. batch_size=128.")
+  if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+    raise errors.TrainConfigError(
+        f"fit: epochs={epochs!r} must be an int >= 0. Fix: e.g. epochs=10.")
   x_train, y_train = as_arrays(train)
   n = len(x_train)
   if n == 0 or len(y_train) != n:
     raise errors.BatchShapeError(
         f"train x has {n} examples and y has {len(y_train)}. Fix: pass matching, "
         "non-empty arrays.")
-  batch_size = min(batch_size, n)
+  _validate.finite_inputs(x_train, "fit: the training inputs")
+  eval_arrays = {}
+  for name, data in (eval_sets or {}).items():
+    xe, ye = as_arrays(data)
+    if len(xe) == 0 or len(ye) != len(xe):
+      raise errors.TrainConfigError(
+          f"fit: eval set {name!r} has {len(xe)} inputs and {len(ye)} labels. Fix: pass "
+          "a non-empty (x, y) pair of equal length, or leave it out of eval_sets.")
+    if xe.shape[1:] != x_train.shape[1:]:
+      raise errors.TrainConfigError(
+          f"fit: eval set {name!r} has examples of shape {xe.shape[1:]}, the training "
+          f"data {x_train.shape[1:]}. Fix: preprocess it as the training data.")
+    _validate.finite_inputs(xe, f"fit: eval set {name!r}")
+    eval_arrays[name] = (xe, ye)
+  batch_size = min(int(batch_size), n)
   steps_per_epoch = n // batch_size
   ckpt = Checkpointer(ckpt_dir) if ckpt_dir else None
 
   k_init, k_bag = jax.random.split(key)
-  state = init_state(ensemble, tx, k_init, x_train[:1], fusion=fusion, regime=regime,
-                     fusion_tx=fusion_tx)
+  trainer = make_trainer(ensemble, tx, fusion=fusion, regime=regime, lam=lam,
+                         fusion_tx=fusion_tx, per_member=bagging, mesh=mesh, layout=layout,
+                         platform=platform, x_example=x_train[:1],
+                         freeze_nonfinite=on_nonfinite == "freeze")
+  state = trainer.init(k_init, x_train[:1])
+  num_classes = jax.eval_shape(
+      lambda s, x: ensemble.apply({"params": s.params["members"], "state": s.state}, x)[0],
+      state, x_train[:1]).shape[-1]
+  y_train = _validate.class_labels(y_train, num_classes, "fit: the training labels")
+  eval_arrays = {name: (xe, _validate.class_labels(ye, num_classes,
+                                                   f"fit: eval set {name!r}'s labels"))
+                 for name, (xe, ye) in eval_arrays.items()}
   if ckpt is not None:
     check_writable(ckpt.directory, need_bytes=3 * tree_bytes(state))
   if mesh is not None:
     state = _sharding.shard_state(state, mesh, ensemble)
-  step_fn = make_step(ensemble, tx, fusion=fusion, regime=regime, lam=lam,
-                      fusion_tx=fusion_tx, per_member=bagging, mesh=mesh)
-  predict = make_predict(ensemble, fusion)
+  step_fn = trainer.step
+  predict = make_predictor(ensemble, fusion, platform=platform).predict
+  if progress:
+    print(f"fusionjax.fit: {ensemble.size} members, layout {trainer.layout}", flush=True)
   boot = bootstrap(k_bag, n, ensemble.size) if bagging else None
 
   position = {"epoch": 0, "batch": 0}
   history = []
   if ckpt is not None and resume and ckpt.latest_step() is not None:
+    saved_layout = ckpt.meta().get("layout")
+    if saved_layout is not None and saved_layout != trainer.layout:
+      raise errors.LayoutMismatchError(
+          f"The checkpoint in {ckpt.directory!r} (step {ckpt.latest_step()}) was trained "
+          f"with layout {saved_layout!r}, but this run's trainer has layout "
+          f"{trainer.layout!r}. Fix: pass layout={saved_layout!r} to resume it, or start "
+          "a fresh run in another ckpt_dir.")
     state, position = ckpt.restore(state)
     if log_path and os.path.exists(log_path):
       with open(log_path) as f:
@@ -212,12 +257,13 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
   saved = {"step": ckpt.latest_step() if ckpt is not None else None}
 
   def checkpoint():
-    if ckpt is not None and saved["step"] != int(state.step):
+    if ckpt is not None and saved["step"] != step_no:
       sync()  # never write a state the non-finite policy has not cleared
-      ckpt.save(int(state.step), state, position)
-      saved["step"] = int(state.step)
+      ckpt.save(step_no, state, position, {"layout": trainer.layout})
+      saved["step"] = step_no
 
   status = "done"
+  step_no = int(state.step)  # the host's count: no device read per step
   t0 = time.time()
   try:
     while position["epoch"] < epochs:
@@ -232,17 +278,17 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
           batch = {"x": x_train[sl], "y": y_train[sl]}
         if mesh is not None:
           batch = _sharding.shard_batch(batch, mesh, per_member=bagging)
-        step_no = int(state.step)
         state, logs = step_fn(state, batch)
         pending.append((step_no, logs))
+        step_no += 1
         position = {"epoch": epoch, "batch": b + 1}
         if bar is not None:
           bar.update(1)
         if len(pending) >= sync_every:
           sync()
-        if ckpt_every and int(state.step) % ckpt_every == 0:
+        if ckpt_every and step_no % ckpt_every == 0:
           checkpoint()
-        if stop["signal"] is not None or (max_steps and int(state.step) >= max_steps):
+        if stop["signal"] is not None or (max_steps and step_no >= max_steps):
           break
       sync()
       last = last_logs["value"]
@@ -253,11 +299,12 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
       if position["batch"] >= steps_per_epoch:
         position = {"epoch": epoch + 1, "batch": 0}
       record = {"epoch": epoch + 1 if position["batch"] == 0 else epoch,
-                "step": int(state.step), "time": time.time() - t0,
+                "step": step_no, "time": time.time() - t0, "layout": trainer.layout,
                 "train_loss": float(last["loss"]) if last is not None else None,
-                "frozen_members": np.flatnonzero(frozen).tolist()}
-      for name, data in (eval_sets or {}).items():
-        for k, v in evaluate(predict, state, *as_arrays(data)).items():
+                "frozen_members": np.flatnonzero(
+                    frozen | np.asarray(jax.device_get(state.frozen))).tolist()}
+      for name, (xe, ye) in eval_arrays.items():
+        for k, v in evaluate(predict, state, xe, ye).items():
           record[f"{name}/{k}"] = v
       history.append(record)
       if log_path:
@@ -265,7 +312,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
         with open(log_path, "a") as f:
           f.write(json.dumps(record) + "\n")
       checkpoint()
-      if max_steps and int(state.step) >= max_steps:
+      if max_steps and step_no >= max_steps:
         break
   finally:
     if bar is not None:

@@ -64,15 +64,17 @@ def _check_divides(ensemble: Ensemble, mesh: Mesh):
 def state_shardings(state, mesh: Mesh, ensemble: Ensemble):
   """NamedShardings for a :class:`~fusionjax.train.TrainState`.
 
-  Leaves of the members' params, their state and their optimizer state go on
-  ``P('member')``; the step, the key and the fusion's part are replicated.
+  Leaves of the members' params, their state, their optimizer state and the
+  frozen flags go on ``P('member')``; the step, the key and the fusion's params
+  and optimizer state are replicated.
   """
   _check_divides(ensemble, mesh)
   member, replicated = NamedSharding(mesh, P("member")), NamedSharding(mesh, P())
 
   def pick(path, leaf):
     field = getattr(path[0], "name", None)
-    if field == "state" or (field in ("params", "opt_state") and _is_member_path(path[1:])):
+    if field in ("state", "opt_state", "frozen") or (
+        field == "params" and _is_member_path(path[1:])):
       if getattr(leaf, "ndim", 0) >= 1:
         return member
     return replicated

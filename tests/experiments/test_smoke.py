@@ -58,6 +58,7 @@ def test_every_config_is_documented_and_has_a_task():
     assert mod.get_config(smoke=True).get("dataset", "digits") == "digits", name
 
 
+@pytest.mark.slow
 def test_every_config_writes_a_result(smoke):
   results, _, log = smoke
   for name in CONFIGS:
@@ -71,6 +72,7 @@ def test_every_config_writes_a_result(smoke):
   assert not summary["failed"] and set(summary["configs_s"]) == set(CONFIGS)
 
 
+@pytest.mark.slow
 def test_results_are_sane(smoke):
   results, _, _ = smoke
   fig1 = json.loads((results / "fig1_ensemble_size.json").read_text())["result"]
@@ -92,6 +94,7 @@ def test_results_are_sane(smoke):
   assert costs[-1] == pytest.approx(1.0)  # threshold 1: every sample reaches the last stage
 
 
+@pytest.mark.slow
 def test_figures_tables_and_macros(smoke):
   _, paper, _ = smoke
   for name in FIGURES:

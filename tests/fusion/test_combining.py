@@ -43,6 +43,7 @@ def test_select_by_index_name_slice(logits):
   np.testing.assert_array_equal(sel("all", {"all": slice(None)}), z)
 
 
+@pytest.mark.slow
 def test_select_with_a_real_groups_ensemble():
   """``select(name, ens.groups)`` (and ``select(name, ens)``) picks that group's members:
   Ensemble.groups holds ``(start, stop)`` pairs, not lists of indices."""

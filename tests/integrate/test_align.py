@@ -66,6 +66,7 @@ def two_members(bagged):
   return jax.tree.map(lambda a: np.asarray(a)[:2], jax.device_get(state.params["members"]))
 
 
+@pytest.mark.slow
 def test_aligned_soup_is_the_average_of_the_aligned_members(two_members, digits_splits):
   xv = digits_splits["val"][0]
   aligned = integrate.align_members(two_members, reference=0)

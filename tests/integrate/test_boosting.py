@@ -56,6 +56,7 @@ def test_boosted_logits_and_line_search():
   assert rho == pytest.approx(ref.x, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_bookkeeping_and_early_stopping(boosted, digits_splits):
   res = boosted
   xv, yv = digits_splits["val"]

@@ -72,6 +72,7 @@ def test_gain_kept():
   assert math.isnan(integrate.gain_kept(0.9, 0.9, 0.9))
 
 
+@pytest.mark.slow
 def test_distilled_student_keeps_part_of_the_ensemble_gain():
   x, y = _task()
   xt, yt, xs, ys = x[:500], y[:500], x[2000:], y[2000:]

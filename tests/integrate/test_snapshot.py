@@ -49,6 +49,7 @@ def test_fge_schedule_is_piecewise_linear_with_lr2_in_the_middle():
   assert np.argmin(values) == c // 2 - 1
 
 
+@pytest.mark.slow
 def test_snapshots_are_saved_at_the_learning_rate_minimum(snapshot_run, digits_splits):
   res = snapshot_run
   assert res.steps == (80, 160, 240, 320)
@@ -99,6 +100,7 @@ def _shifted(x):
 FGE_SEEDS = (0, 1, 2, 3)
 
 
+@pytest.mark.slow
 def test_fge_ensemble_from_a_trained_model(snapshot_run, digits_splits):
   # FGE needs a training loss that SGD noise keeps above 0, so that the
   # weights keep moving between snapshots: 500 digits with their 8 one-pixel

@@ -20,6 +20,7 @@ def _data(n=64):
   return x, (x.reshape(n, -1).argmax(1) % 10).astype(np.int32)
 
 
+@pytest.mark.slow
 def test_freeze_policy_keeps_bad_member_and_trains_others():
   x, y = _data()
   ens = fj.ensemble.from_linen(models.MLP(10, (8,)), 3)
@@ -51,6 +52,7 @@ def test_fit_freeze_policy_runs_to_the_end_and_reports_frozen_members():
     assert np.all(np.isfinite(leaf)), "no non-finite value may enter the state"
 
 
+@pytest.mark.slow
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
   x, y = _data()
   ens = fj.ensemble.from_linen(models.MLP(10, (8,)), 2)

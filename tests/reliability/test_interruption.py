@@ -18,6 +18,9 @@ WORKER = str(ROOT / "tests" / "reliability" / "_train_worker.py")
 def _env(cache_dir=None):
   """The workers' environment; with ``cache_dir``, a persistent XLA compilation cache."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+    env.pop(k, None)  # not the test session's cache (tests/conftest.py)
   if cache_dir is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -67,12 +70,14 @@ def reference(tmp_path_factory, env):
   return d / "ref.npz"
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_in_two_processes(reference, tmp_path):
   # Without the shared cache: this process compiles its own executables.
   _run(tmp_path / "ckpt", tmp_path / "again.npz", _env())
   _assert_same(reference, tmp_path / "again.npz")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_bit_identical(reference, tmp_path, env):
   ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"
   rnd = random.Random(int(time.time()))
@@ -94,6 +99,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(reference, tmp_pa
   _assert_same(reference, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_step_checkpoints_and_exits_cleanly(reference, tmp_path, env, signum):
   ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"

@@ -74,7 +74,7 @@ def test_matches_the_cascade_fusion():
 def test_later_stages_only_see_remaining_samples():
   sizes = []
   base = fj.ensemble.from_linen(models.MLP(3, (16,)), 3)
-  apply_one = base.apply._fj_member_apply  # pylint: disable=protected-access
+  apply_one = base.member_apply
 
   def member_apply(variables, x, key, train):
     jax.debug.callback(lambda n: sizes.append(int(n)), x.shape[0])
@@ -109,7 +109,7 @@ def test_no_recompile_for_a_second_call():
   ens, state = _state(3)
   fj.train.cascade_predict(ens, state, X, [0.7, 0.7], bucket=8)
   from fusionjax.train import _cascade_exec  # pylint: disable=g-import-not-at-top
-  fn = _cascade_exec._stage_fn(ens.apply._fj_member_apply)  # pylint: disable=protected-access
+  fn = _cascade_exec._stage_fn(ens.member_apply)
   before = fn._cache_size()  # pylint: disable=protected-access
   fj.train.cascade_predict(ens, state, X, [0.7, 0.7], bucket=8)
   assert fn._cache_size() == before  # pylint: disable=protected-access

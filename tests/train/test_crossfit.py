@@ -2,6 +2,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 import fusionjax as fj
 from fusionjax import metrics, models
@@ -16,6 +17,7 @@ def test_replica_indices_never_include_the_held_out_fold():
   assert len(set(idx[8])) == idx.shape[1]  # the full members draw without repeats
 
 
+@pytest.mark.slow
 def test_out_of_fold_predictions_are_honest_where_in_sample_ones_are_optimistic(digits):
   x, y = digits
   x_tr, y_tr, x_te, y_te = x[:600], y[:600], x[600:], y[600:]

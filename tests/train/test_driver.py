@@ -29,6 +29,7 @@ def _fit(tmp_path, **kw):
   return fj.train.fit(ens, optax.adam(1e-2), (x, y), **args)
 
 
+@pytest.mark.slow
 def test_log_is_jsonl_with_per_member_metrics(tmp_path):
   res = _fit(tmp_path)
   lines = [json.loads(l) for l in open(tmp_path / "log.jsonl")]
@@ -39,6 +40,7 @@ def test_log_is_jsonl_with_per_member_metrics(tmp_path):
   assert res.status == "done" and res.history == lines
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run_bit_for_bit(tmp_path):
   full = _fit(tmp_path / "a")
   part = _fit(tmp_path / "b", max_steps=7, ckpt_every=5)  # stops mid-epoch
@@ -57,7 +59,10 @@ def test_resume_reproduces_uninterrupted_run_bit_for_bit(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   x, y = _data()
   x = x.copy()
-  x[40:] = np.nan  # the third epoch-order batch that reaches these rows is bad
+  # Finite inputs (fit rejects NaN and Inf ones up front) so large that the
+  # first layer overflows: the loss of the first batch that reaches these rows
+  # is not finite.
+  x[40:] = np.float32(3e38)
   ens = fj.ensemble.from_linen(models.MLP(10, (16,)), 2)
   with pytest.raises(errors.NonFiniteError, match=r"member\(s\) \[0, 1\].*at step \d+"):
     fj.train.fit(ens, optax.adam(1e-2), (x, y), key=jax.random.key(0), epochs=2,
@@ -71,3 +76,23 @@ def test_unwritable_checkpoint_dir_is_reported_before_training(tmp_path):
   blocker.write_text("x")
   with pytest.raises(errors.CheckpointDirError, match="Cannot write checkpoints"):
     _fit(tmp_path, ckpt_dir=str(blocker / "sub"))
+
+
+def test_fit_prints_and_logs_its_layout(tmp_path, capsys):
+  res = _fit(tmp_path, epochs=1, progress=True)
+  out = capsys.readouterr()
+  assert "fusionjax.fit: 3 members, layout scan" in out.out + out.err
+  assert [h["layout"] for h in res.history] == ["scan"]
+  lines = [json.loads(l) for l in open(tmp_path / "log.jsonl")]
+  assert lines[-1]["layout"] == "scan"
+
+
+@pytest.mark.slow
+def test_resuming_under_another_layout_is_refused(tmp_path):
+  part = _fit(tmp_path, max_steps=4, ckpt_every=2, layout="scan")
+  assert int(part.state.step) == 4
+  with pytest.raises(errors.LayoutMismatchError,
+                     match=r"layout 'scan'.*layout 'vmap'.*layout='scan'"):
+    _fit(tmp_path, layout="vmap")
+  resumed = _fit(tmp_path, layout="scan")
+  assert int(resumed.state.step) == 18

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fusionjax.train._step import _all_finite, _all_finite_pair, leaf_all_finite
+from fusionjax.train._guard import all_finite as _all_finite, all_finite_pair as _all_finite_pair, leaf_all_finite
 
 F32_MAX = float(np.finfo(np.float32).max)
 

@@ -64,6 +64,7 @@ print("max abs diff", worst)
 '''
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device():
   out = run_python(EIGHT_DEVICES,
                    {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=400)
@@ -76,6 +77,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_jax_distributed_match_single_process(tmp_path):
   worker = str(ROOT / "tests" / "train" / "_multihost_worker.py")
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),

@@ -1,0 +1,646 @@
+"""The training engine: one member step, mapped over the members by a layout.
+
+:func:`make_trainer` builds both halves of training from one set of arguments,
+as optax builds ``init`` and ``update``: ``Trainer(init, step, layout)``. The
+member step (one member's forward, loss, backward, optimizer update and
+non-finite guard) is written once; a layout maps it over the member axis
+(:mod:`fusionjax.train._layouts`):
+
+* ``'vmap'``: one vmapped program. The contract, the default on GPU and TPU,
+  and the only layout under a device mesh or with a fused loss.
+* ``'scan'``: chunks of members in a ``scan``, written in place (dense members
+  on XLA:CPU).
+* ``'loop'``: one jitted single-member program per member from the host
+  (two or more convolutional members of one kind on XLA:CPU).
+
+The optimizer is per member: its state is its own member-stacked field of the
+:class:`TrainState`, so clipping, schedules and Adam moments never couple two
+members, and member losses are summed, so the stacked step equals M
+independent single-member steps.
+"""
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fusionjax import errors
+from fusionjax.ensemble import Ensemble
+from fusionjax.ensemble._base import _check_batch, check_stacked
+from fusionjax.fusion import Fusion
+from fusionjax.train import _layouts
+from fusionjax.train._guard import all_finite, all_finite_pair
+from fusionjax.train._losses import cross_entropy
+
+try:
+  from jax.core import Tracer as _Tracer
+except ImportError:  # jax.core's public names are being retired
+  from jax._src.core import Tracer as _Tracer  # pylint: disable=g-import-not-at-top
+
+REGIMES = ("independent", "frozen", "joint", "hybrid")
+LAYOUTS = ("vmap", "scan", "loop")
+_PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+
+
+class TrainState(NamedTuple):
+  """Everything a step reads and writes; a pytree that orbax can save.
+
+  Attributes:
+    step: int32 scalar, steps taken.
+    params: ``{'members': stacked [M, ...], 'fusion': fusion params}``.
+    state: the members' non-trainable collections (BatchNorm statistics), ``[M, ...]``.
+    opt_state: the members' optax state, every leaf ``[M, ...]`` (a dict per
+      group for groups; ``()`` under regime ``'frozen'``).
+    fusion_opt_state: the fusion's optax state (``()`` when the fusion is not trained).
+    key: the PRNG key the next step splits for dropout.
+    frozen: ``[M]`` bool; a frozen member's params, statistics and optimizer
+      state are never updated (needs ``guard=True``).
+  """
+  step: jax.Array
+  params: Any
+  state: Any
+  opt_state: Any
+  fusion_opt_state: Any
+  key: jax.Array
+  frozen: jax.Array
+
+
+class Trainer(NamedTuple):
+  """What :func:`make_trainer` returns.
+
+  Attributes:
+    init: ``(key, x_example) -> TrainState``.
+    step: ``(state, batch) -> (state, logs)``. For ``'vmap'`` and ``'scan'``
+      the ``jax.jit``-ed step itself (it has ``.trace`` and ``.lower``).
+    layout: the resolved layout: ``'vmap'``, ``'scan'`` or ``'loop'``; for
+      groups with a member step, a dict group -> ``'vmap'`` or ``'scan'``.
+  """
+  init: Callable
+  step: Callable
+  layout: Any
+
+
+class Predictor(NamedTuple):
+  """What :func:`make_predictor` returns.
+
+  Attributes:
+    predict: ``(state, x) -> (member outputs [M, B, C], fused or None)``, jitted.
+    layout: ``'vmap'`` or ``'scan'`` (the members' forward passes in chunks).
+  """
+  predict: Callable
+  layout: str
+
+
+def resolve_platform(platform: Optional[str] = None) -> str:
+  """``'cpu'``, ``'gpu'`` or ``'tpu'``: ``platform`` (``cuda``/``rocm`` mean gpu), else
+  ``jax.default_backend()``."""
+  name = (platform or jax.default_backend()).lower()
+  if name not in _PLATFORMS:
+    raise errors.LayoutError(
+        f"platform={platform!r} is not one of {sorted(_PLATFORMS)}. Fix: pass one of "
+        "those, or None for jax.default_backend().")
+  return _PLATFORMS[name]
+
+
+def auto_layout(platform: str, *, conv: Optional[bool], size: int, mesh: bool = False,
+                regime: str = "independent", mappable: bool = True,
+                grouped: bool = False) -> str:
+  """The layout ``layout='auto'`` runs: a pure function of these facts.
+
+  Args:
+    platform: ``'cpu'``, ``'gpu'`` or ``'tpu'`` (:func:`resolve_platform`).
+    conv: whether a member's forward pass has a convolution (None: unknown).
+    size: the member count (of the group, for groups).
+    mesh: the step is sharded over a device mesh.
+    regime: the training regime.
+    mappable: the members come from one single-member function.
+    grouped: the members are one group of a heterogeneous ensemble.
+
+  Returns:
+    ``'vmap'``, ``'scan'`` or ``'loop'``. The rules, each with its evidence:
+
+    * a mesh, a fused loss (regime other than ``'independent'``) or members
+      without a single-member function: ``'vmap'``, the only layout that can;
+    * GPU and TPU: ``'vmap'``, one vectorised program (whether convolutional
+      members do better with ``'scan'`` there, jax issues 26568 and 13800, is
+      for ``benchmarks/gpu.sh`` to measure);
+    * CPU, convolutional members: ``'loop'`` for two or more members of one
+      kind (``benchmarks/RESULTS.md``, ensemble_step, CNN rows: the host loop
+      0.97-1.02x the JAX loop, against 0.64-0.89x for the vmapped grouped
+      convolutions), ``'scan'`` for one (then the plain single-member
+      program), and ``'vmap'`` within groups (where ``'loop'`` cannot run);
+    * CPU, dense members or unknown: ``'scan'`` with cache-sized chunks
+      (``RESULTS.md``, ensemble_step and chunk_sweep, MLP rows: 1.1-1.4x the
+      vmapped step at M >= 16).
+  """
+  if mesh or regime != "independent" or not mappable or platform in ("gpu", "tpu"):
+    return "vmap"
+  if conv:
+    if grouped:
+      return "vmap"
+    return "loop" if size > 1 else "scan"
+  return "scan"
+
+
+def _member_parts(ensemble: Ensemble):
+  """``{group: (ensemble, (lo, hi))}`` when every group has a member step, else None."""
+  if ensemble.parts:
+    parts = {g: (e, ensemble.groups[g]) for g, e in ensemble.parts.items()}
+    if all(e.member_apply is not None and not e.parts for e, _ in parts.values()):
+      return parts
+    return None
+  if ensemble.member_apply is not None:
+    return {None: (ensemble, (0, ensemble.size))}
+  return None
+
+
+_CONV_CACHE = {}
+
+
+def _uses_conv(ensemble: Ensemble, x) -> bool:
+  """Whether a member of ``ensemble`` convolves on inputs shaped like ``x`` (abstract trace)."""
+  x = jax.tree.map(lambda a: a[:1], x)
+  xs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
+  cache_key = (ensemble.member_apply, ensemble.init, str(xs))
+  if cache_key not in _CONV_CACHE:
+    variables = jax.eval_shape(ensemble.init, jax.random.key(0), xs)
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), variables)
+    _CONV_CACHE[cache_key] = _layouts.uses_convolution(lambda k, xx: one,
+                                                       ensemble.member_apply, xs)
+  return _CONV_CACHE[cache_key]
+
+
+def _resolve_layouts(ensemble, layout, platform, parts, *, mesh, regime, x_example):
+  """``{group: layout}`` (group ``None`` for one group), or None for the coupled step
+  (one vmapped program over the whole ensemble and the fused loss)."""
+  groups = ensemble.parts is not None
+  options = f"one of {LAYOUTS}, a dict group -> layout for groups, or 'auto'"
+  if isinstance(layout, dict):
+    if not groups or set(layout) != set(ensemble.groups):
+      raise errors.LayoutError(
+          f"layout={layout!r}: a dict of layouts needs one entry per group of a groups() "
+          f"ensemble ({list(ensemble.groups) if groups else 'this one has none'}). "
+          f"Fix: pass {options}.")
+    wanted = dict(layout)
+  elif layout == "auto" or layout in LAYOUTS:
+    wanted = {g: layout for g in (parts or {None: None})}
+  else:
+    raise errors.LayoutError(f"layout={layout!r} is not {options}.")
+
+  coupled = regime != "independent" or parts is None
+  resolved = {}
+  for g, want in wanted.items():
+    if want not in LAYOUTS + ("auto",):
+      raise errors.LayoutError(f"layout {want!r} for group {g!r} is not {options}.")
+    if want == "auto":
+      conv = None
+      if not coupled and not mesh and platform == "cpu" and x_example is not None:
+        conv = _uses_conv(parts[g][0], x_example)
+      want = auto_layout(platform, conv=conv, size=parts[g][0].size if parts else ensemble.size,
+                         mesh=mesh, regime=regime, mappable=parts is not None,
+                         grouped=groups)
+    why = None
+    if want != "vmap" and (coupled or mesh):
+      why = ("a device mesh" if mesh else f"regime={regime!r} (a fused loss couples the "
+             "members)" if regime != "independent" else
+             "members without a single-member function (Ensemble.member_apply)")
+    elif want == "loop" and groups:
+      why = "groups (each group runs 'vmap' or 'scan' inside one program)"
+    elif want == "loop" and platform != "cpu":
+      why = f"platform {platform!r} (the host loop is for XLA:CPU)"
+    if why:
+      raise errors.LayoutError(
+          f"layout {want!r} cannot run with {why}. Fix: pass layout='auto' or 'vmap'.")
+    resolved[g] = want
+  return None if coupled else resolved
+
+
+def _check_members(ensemble, tree, what):
+  """``check_stacked`` per group: a group's leaves are ``[M_g, ...]``, not ``[M, ...]``."""
+  if not ensemble.parts:
+    check_stacked(tree, ensemble.size, what)
+    return
+  for g, e in ensemble.parts.items():
+    _check_members(e, tree[g], what)
+
+
+def _check_labels_batch(x, y, per_member, size):
+  xs = jax.tree_util.tree_leaves(x)
+  axis = 1 if per_member else 0
+  bx = {l.shape[axis] for l in xs if l.ndim > axis}
+  by = y.shape[axis] if y.ndim > axis else None
+  if per_member and y.shape[:1] != (size,):
+    raise errors.BatchShapeError(
+        f"per-member labels must be [M={size}, B]; got {tuple(y.shape)}. "
+        "Fix: index labels with the same bootstrap indices as x.")
+  if len(bx) != 1 or by not in bx:
+    raise errors.BatchShapeError(
+        f"x and y disagree on the batch size: x shapes "
+        f"{[tuple(l.shape) for l in xs]}, y shape {tuple(y.shape)}. Fix: pass "
+        "x [B, ...] with y [B] (or [M, B, ...] with [M, B] when per_member).")
+
+
+def _where(pred, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _update_one(tx, guard, looping, p, s, o, grads, new_s, loss, frozen):
+  """One member's optimizer update and guard: ``(params, state, opt_state, finite)``.
+
+  With ``guard``, a member whose loss, gradient or update is not finite, or
+  that is frozen, keeps its params, BatchNorm statistics and optimizer state
+  (the verdict reads both trees in one pass, :func:`all_finite_pair`).
+  """
+  updates, new_o = tx.update(grads, o, p)
+  new_p = optax.apply_updates(p, updates)
+  if guard:
+    finite = jnp.isfinite(loss) & all_finite_pair(grads, updates)
+    keep = finite & ~frozen
+    return _where(keep, new_p, p), _where(keep, new_s, s), _where(keep, new_o, o), finite
+  finite = jnp.isfinite(loss) & all_finite(grads)
+  if looping:
+    # No guard, but the same data flow: a select whose (always true)
+    # predicate reads every update makes XLA materialise the chunk's new
+    # values before writing them in place; without it XLA recomputes the
+    # moments inside the params' in-place write and copies the full-size
+    # moments every chunk (~3x slower).
+    ok = all_finite(updates)
+    always = ok | ~ok
+    new_p, new_o = _where(always, new_p, p), _where(always, new_o, o)
+  return new_p, new_s, new_o, finite
+
+
+def _member_halves(apply_one, tx, loss, per_member, guard):
+  """``(compute, update)`` of the member step (see :mod:`fusionjax.train._layouts`)."""
+
+  def compute(carried, rest, shared):
+    p, s, _ = carried
+    k, frozen, data = rest
+    xm, ym, mm = data if per_member else shared
+
+    def objective(q):
+      out, new_s = apply_one({"params": q, "state": s}, xm, k, True)
+      l = loss(out, ym, mm)
+      return l, (new_s, l)
+
+    grads, (new_s, l) = jax.grad(objective, has_aux=True)(p)
+    return grads, new_s, l, frozen
+
+  def update(carried, out, looping):
+    p, s, o = carried
+    grads, new_s, l, frozen = out
+    new_p, new_s, new_o, finite = jax.vmap(
+        functools.partial(_update_one, tx, guard, looping))(p, s, o, grads, new_s, l, frozen)
+    return (new_p, new_s, new_o), (l, finite)
+
+  return compute, update
+
+
+class _HostLoopStep:
+  """The ``'loop'`` layout's step: a host loop of jitted single-member calls.
+
+  It is not one program, so it cannot be traced or lowered as one.
+  """
+
+  def __init__(self, fn):
+    self._fn = fn
+    functools.update_wrapper(self, fn)
+
+  def __call__(self, state, batch):
+    return self._fn(state, batch)
+
+  def _no_program(self, *args, **kwargs):
+    del args, kwargs
+    raise errors.LayoutError(
+        "The 'loop' layout runs one jitted call per member from the host, so there is "
+        "no single program to trace or lower. Fix: build the trainer with "
+        "layout='vmap' or 'scan' (or platform='cuda'/'tpu') to inspect a program.")
+
+  trace = lower = _no_program
+
+
+def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
+                 fusion: Optional[Fusion] = None, regime: str = "independent",
+                 lam: float = 1.0, fusion_tx: Optional[optax.GradientTransformation] = None,
+                 loss: Callable = cross_entropy, guard: bool = True, per_member: bool = False,
+                 mesh=None, layout: Any = "auto", platform: Optional[str] = None,
+                 x_example=None, chunk: Any = "auto", donate: bool = True,
+                 jit: bool = True, freeze_nonfinite: bool = False) -> Trainer:
+  """Builds ``Trainer(init, step, layout)``: every member (and the fusion) trained at once.
+
+  Regimes:
+    * ``'independent'``: the sum of member losses; the fusion is not trained.
+    * ``'frozen'``: members fixed, the fusion learned on the fused loss
+      (e.g. on held-out data).
+    * ``'joint'``: members and fusion trained on the fused loss.
+    * ``'hybrid'``: the sum of member losses plus ``lam`` times the fused loss.
+
+  Args:
+    ensemble: the ensemble.
+    tx: single-member optax transform, applied per member.
+    fusion: the fusion (trained under ``frozen``/``joint``/``hybrid``).
+    regime: one of the four above.
+    lam: weight of the fused loss in ``'hybrid'``.
+    fusion_tx: the fusion's optimizer (default ``tx``).
+    loss: ``(outputs [..., B, C], y, mask) -> [...]``, a mean over the batch.
+    guard: keep a member's params, statistics and optimizer state when its
+      loss, gradient or update is not finite (and honour ``state.frozen``).
+    per_member: batches are ``x [M, B, ...], y [M, B]`` (bagging).
+    mesh: a ``('member', 'data')`` mesh: the step is jitted with
+      ``NamedSharding`` in/out shardings (:mod:`fusionjax.train._sharding`).
+    layout: ``'auto'``, ``'vmap'``, ``'scan'``, ``'loop'``, or for groups a
+      dict group -> ``'vmap'``/``'scan'``. ``'auto'`` is :func:`auto_layout`.
+    platform: the platform the layout is chosen for (``cpu``, ``gpu``,
+      ``cuda``, ``rocm``, ``tpu``; default ``jax.default_backend()``).
+    x_example: an input batch; on CPU it tells ``'auto'`` whether the members
+      convolve (without it, ``'auto'`` takes ``'scan'`` there).
+    chunk: members per chunk of ``'scan'``: ``'auto'`` (cache-sized) or an int.
+    donate: donate the input state's buffers to the step.
+    jit: jit the step (``False``: the pure function, for an outer jit).
+    freeze_nonfinite: a member whose loss, gradient or update is not finite is
+      frozen for good (``state.frozen``, which checkpoints keep); otherwise
+      only that step's update is skipped. Needs ``guard``.
+
+  Returns:
+    A :class:`Trainer`. ``step(state, batch)`` takes ``batch = {'x', 'y',
+    'mask' (optional)}`` and returns ``(state, logs)`` with ``member_loss
+    [M]``, ``loss`` (the objective), ``fused_loss`` (with a trained fusion)
+    and ``finite [M]`` (False where a member's loss, gradient or update was
+    not finite; with ``guard`` its update was skipped).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, fusionjax as fj
+    >>> ens = fj.ensemble.from_linen(fj.models.MLP(3, (8,)), size=4)
+    >>> trainer = fj.train.make_trainer(ens, optax.sgd(0.1), platform="cpu")
+    >>> state = trainer.init(jax.random.key(0), jnp.ones((1, 5)))
+    >>> state, logs = trainer.step(state, {"x": jnp.ones((2, 5)), "y": jnp.zeros(2, int)})
+    >>> trainer.layout, logs["member_loss"].shape
+    ('scan', (4,))
+  """
+  if regime not in REGIMES:
+    raise ValueError(f"regime must be one of {REGIMES}; got {regime!r}.")
+  if regime != "independent" and fusion is None:
+    raise ValueError(f"regime={regime!r} trains a fusion; pass fusion=...")
+  if per_member and regime != "independent":
+    raise ValueError("A fused loss needs every member to see the same batch; "
+                     "per_member=True works with regime='independent' only.")
+  if freeze_nonfinite and not guard:
+    raise ValueError("freeze_nonfinite=True needs guard=True (the guard applies "
+                     "state.frozen).")
+  fusion_tx = fusion_tx or tx
+  platform = resolve_platform(platform)
+  size = ensemble.size
+  parts = _member_parts(ensemble)
+  layouts = _resolve_layouts(ensemble, layout, platform, parts, mesh=mesh is not None,
+                             regime=regime, x_example=x_example)
+  trains_members, trains_fusion = regime != "frozen", regime != "independent"
+
+  # ---------------------------------------------------------------- init
+  def init_pure(key, x):
+    k_members, k_fusion, k_step = jax.random.split(key, 3)
+    variables = ensemble.init(k_members, x)
+    fparams = ()
+    if fusion is not None:
+      out, _ = ensemble.apply(variables, x)
+      fparams = fusion.init(k_fusion, out, x=x)
+    opt = ensemble.member_map(tx.init, variables["params"]) if trains_members else ()
+    fopt = fusion_tx.init(fparams) if trains_fusion else ()
+    return TrainState(jnp.zeros((), jnp.int32), {"members": variables["params"],
+                                                 "fusion": fparams},
+                      variables["state"], opt, fopt, k_step, jnp.zeros((size,), bool))
+
+  init_jit = jax.jit(init_pure)
+
+  def init(key, x_example):
+    x_example = jnp.asarray(x_example)
+    traced = any(isinstance(a, _Tracer) for a in (key, x_example))
+    if jax.default_backend() != "cpu" or traced:  # in an outer jit, its options rule
+      return init_jit(key, x_example)
+    # init runs once, and most of its compile time is LLVM optimising the
+    # random-number kernels: at -O1 XLA:CPU compiles it in about half the time
+    # of -O3 with the same values bit for bit (tests/train/test_trainer.py).
+    return init_jit.lower(key, x_example).compile(
+        {"xla_backend_optimization_level": 1})(key, x_example)
+
+  # ---------------------------------------------------------------- checks
+  def begin(state, batch):
+    if not isinstance(state, TrainState):
+      raise TypeError(f"step() takes the TrainState made by trainer.init; got "
+                      f"{type(state).__name__}.")
+    x, y, mask = batch["x"], jnp.asarray(batch["y"]), batch.get("mask")
+    if loss is cross_entropy and (not jnp.issubdtype(y.dtype, jnp.integer)
+                                  or y.ndim != (2 if per_member else 1)):
+      want = "[M, B]" if per_member else "[B]"
+      raise errors.LabelError(
+          f"The step's labels y have dtype {y.dtype} and shape {tuple(y.shape)}; "
+          f"cross_entropy needs integer class indices {want}. Fix: pass "
+          "y.astype(jnp.int32) (y.ravel() for [B, 1]; y.argmax(-1) for one-hot), or a "
+          "loss= for other targets.")
+    _check_members(ensemble, state.params["members"], "params")
+    _check_members(ensemble, state.state, "state")
+    _check_batch(x, size, per_member)
+    _check_labels_batch(x, y, per_member, size)
+    return x, y, mask
+
+  def finish(state, key, params_m, bn, opt, fparams, fopt, logs, step):
+    logs = dict(logs)
+    if "fused_loss" not in logs:
+      logs["loss"] = jnp.sum(logs["member_loss"])
+    elif regime in ("frozen", "joint"):
+      logs["loss"] = logs["fused_loss"]
+    else:
+      logs["loss"] = jnp.sum(logs["member_loss"]) + lam * logs["fused_loss"]
+    params = {"members": params_m, "fusion": fparams}
+    frozen = state.frozen | ~logs["finite"] if freeze_nonfinite else state.frozen
+    return state._replace(step=step, params=params, state=bn, opt_state=opt,
+                          fusion_opt_state=fopt, key=key, frozen=frozen), logs
+
+  # ---------------------------------------------------------------- coupled
+  def coupled_step(state, batch):
+    """One vmapped program over the whole ensemble (and the fusion's loss)."""
+    x, y, mask = begin(state, batch)
+    key, sub = jax.random.split(state.key)
+
+    def objective(pm, pf):
+      out, new_s = ensemble.apply({"params": pm, "state": state.state}, x, key=sub,
+                                  train=True, per_member=per_member)
+      member_loss = loss(out, y, mask)  # [M]
+      logs = {"member_loss": member_loss}
+      if not trains_fusion:
+        return jnp.sum(member_loss), (new_s, logs)
+      fused_loss = loss(fusion.apply(pf, out, x=x), y, mask)
+      logs["fused_loss"] = fused_loss
+      total = fused_loss if regime in ("frozen", "joint") else (
+          jnp.sum(member_loss) + lam * fused_loss)
+      return total, (new_s, logs)
+
+    argnums = tuple(i for i, on in ((0, trains_members), (1, trains_fusion)) if on)
+    grads, (new_s, logs) = jax.grad(objective, argnums=argnums, has_aux=True)(
+        state.params["members"], state.params["fusion"])
+    grads = dict(zip(argnums, grads))
+    pm, bn, opt = state.params["members"], new_s, state.opt_state
+    if trains_members:
+      one = functools.partial(_update_one, tx, guard, False)
+      pm, bn, opt, finite = ensemble.member_map(
+          one, pm, state.state, opt, grads[0], new_s, ensemble.split(logs["member_loss"]),
+          ensemble.split(state.frozen), num_outputs=4)
+      logs["finite"] = ensemble.join(finite)
+    else:
+      bn = state.state  # frozen members: no BatchNorm statistics move either
+      logs["finite"] = jnp.isfinite(logs["member_loss"])
+    fparams, fopt = state.params["fusion"], state.fusion_opt_state
+    if trains_fusion:
+      updates, new_fopt = fusion_tx.update(grads[1], fopt, fparams)
+      new_fparams = optax.apply_updates(fparams, updates)
+      if guard:
+        ok = jnp.isfinite(logs["fused_loss"]) & all_finite_pair(grads[1], updates)
+        new_fparams, new_fopt = _where(ok, new_fparams, fparams), _where(ok, new_fopt, fopt)
+      fparams, fopt = new_fparams, new_fopt
+    return finish(state, key, pm, bn, opt, fparams, fopt, logs, state.step + 1)
+
+  # ---------------------------------------------------------------- mapped
+  def member_keys(sub):
+    """Member m's dropout key, as ``Ensemble.apply`` hands them out."""
+    if ensemble.parts is None:
+      return {None: jax.random.split(sub, size)}
+    ks = jax.random.split(sub, len(ensemble.parts))
+    return {g: jax.random.split(k, e.size) for (g, e), k in zip(ensemble.parts.items(), ks)}
+
+  def group_trees(state, g, lo, hi, data):
+    pick = (lambda t: t) if g is None else (lambda t: t[g])
+    carried = (pick(state.params["members"]), pick(state.state), pick(state.opt_state))
+    gdata = data if g is None else jax.tree.map(lambda a: a[lo:hi], data)
+    return carried, state.frozen[lo:hi], gdata
+
+  def mapped_step(state, batch):
+    """The member step mapped over each group by its layout, in one program."""
+    x, y, mask = begin(state, batch)
+    key, sub = jax.random.split(state.key)
+    keys = member_keys(sub)
+    data = (x, y, mask) if per_member else ()
+    shared = () if per_member else (x, y, mask)
+    new, auxes = {}, []
+    for g, (e, (lo, hi)) in parts.items():
+      compute, update = _member_halves(e.member_apply, tx, loss, per_member, guard)
+      carried, frozen, gdata = group_trees(state, g, lo, hi, data)
+      rest = (keys[g], frozen, gdata)
+      if layouts[g] == "vmap":
+        new[g], aux = _layouts.vmap_members(compute, update, carried, rest, shared)
+      else:
+        c = _layouts.auto_chunk(e.size, carried[0]) if chunk == "auto" else int(chunk)
+        new[g], aux = _layouts.over_chunks(compute, update, carried, rest, shared, e.size, c)
+      auxes.append(aux)
+    if None in new:
+      pm, bn, opt = new[None]
+    else:
+      pm, bn, opt = ({g: new[g][i] for g in new} for i in range(3))
+    member_loss = jnp.concatenate([a[0] for a in auxes])
+    finite = jnp.concatenate([a[1] for a in auxes])
+    logs = {"member_loss": member_loss, "finite": finite}
+    return finish(state, key, pm, bn, opt, state.params["fusion"], state.fusion_opt_state,
+                  logs, state.step + 1)
+
+  # ---------------------------------------------------------------- loop
+  def loop_step_fn():
+    (e, _), = parts.values()
+    compute, update = _member_halves(e.member_apply, tx, loss, per_member, guard)
+
+    def prepare(key, step, frozen, data):
+      key, sub = jax.random.split(key)
+      return (key, step + 1), (jax.random.split(sub, size), frozen, data)
+
+    host = _layouts.HostLoop(compute, update, size, prepare)
+
+    def step(state, batch):
+      x, y, mask = begin(state, batch)
+      data = (x, y, mask) if per_member else ()
+      shared = () if per_member else (x, y, mask)
+      carried = (state.params["members"], state.state, state.opt_state)
+      (key, step_no), (pm, bn, opt), (member_loss, finite) = host(
+          carried, (state.key, state.step, state.frozen, data), shared, donate)
+      logs = {"member_loss": member_loss, "finite": finite}
+      return finish(state, key, pm, bn, opt, state.params["fusion"],
+                    state.fusion_opt_state, logs, step_no)
+
+    return _HostLoopStep(step)
+
+  # ---------------------------------------------------------------- assemble
+  if layouts is None:
+    pure, resolved = coupled_step, "vmap"
+  else:
+    pure = mapped_step
+    resolved = layouts[None] if None in layouts else dict(layouts)
+  if resolved == "loop":
+    return Trainer(init, loop_step_fn(), "loop")
+  if not jit:
+    return Trainer(init, pure, resolved)
+  if mesh is not None:
+    from fusionjax.train._sharding import jit_sharded  # pylint: disable=g-import-not-at-top
+    return Trainer(init, jit_sharded(pure, mesh, ensemble, per_member, donate), resolved)
+  # Convolutional programs on XLA:CPU are not donated: written in place, the
+  # guard's selects cost more than the copy (python benchmarks/donation.py).
+  if donate and platform == "cpu" and x_example is not None and parts is not None and any(
+      _uses_conv(e, x_example) for e, _ in parts.values()):
+    donate = False
+  return Trainer(init, jax.jit(pure, donate_argnums=(0,) if donate else ()), resolved)
+
+
+def make_predictor(ensemble: Ensemble, fusion: Optional[Fusion] = None, *,
+                   layout: str = "auto", platform: Optional[str] = None,
+                   chunk: Any = "auto", jit: bool = True) -> Predictor:
+  """``Predictor(predict, layout)``: members' outputs and the fused prediction, jitted.
+
+  Args:
+    ensemble: the ensemble.
+    fusion: an optional fusion applied to the member outputs.
+    layout: ``'vmap'`` (one vmapped forward pass), ``'scan'`` (members'
+      forward passes in chunks of ``chunk``: cache-sized for dense members,
+      one by one for convolutional ones), or ``'auto'``: ``'scan'`` on CPU for
+      ensembles with a member function, ``'vmap'`` elsewhere.
+    platform: as in :func:`make_trainer`.
+    chunk: ``'auto'`` or members per chunk for ``'scan'``.
+    jit: jit ``predict`` (``False``: the pure function).
+
+  Returns:
+    A :class:`Predictor`; ``predict(state, x) -> (outputs [M, B, C], fused or None)``.
+  """
+  platform = resolve_platform(platform)
+  mappable = ensemble.member_apply is not None and not ensemble.parts
+  if layout == "auto":
+    layout = "scan" if platform == "cpu" and mappable else "vmap"
+  if layout not in ("vmap", "scan"):
+    raise errors.LayoutError(f"make_predictor(layout={layout!r}): use 'auto', 'vmap' or "
+                             "'scan'.")
+  if layout == "scan" and not mappable:
+    raise errors.LayoutError(
+        "layout='scan' needs an ensemble built from one single-member function "
+        "(from_fn, from_linen, from_nnx). Fix: pass layout='vmap' or 'auto'.")
+  size = ensemble.size
+
+  def fused_of(state, out, x):
+    return None if fusion is None else fusion.apply(state.params["fusion"], out, x=x)
+
+  def predict_vmap(state, x):
+    out, _ = ensemble.apply({"params": state.params["members"], "state": state.state}, x,
+                            train=False)
+    return out, fused_of(state, out, x)
+
+  def predict_scan(state, x):
+    check_stacked(state.params["members"], size, "params")
+    _check_batch(x, size, False)
+    if chunk != "auto":
+      c = int(chunk)
+    elif _uses_conv(ensemble, x):
+      c = 1  # a vmapped convolution is a grouped one, slower than one by one
+    else:
+      c = _layouts.auto_chunk(size, state.params["members"], opt_slots=0)
+    compute = lambda carried, rest, xx: ensemble.member_apply(
+        {"params": rest[0], "state": rest[1]}, xx, None, False)[0]
+    update = lambda carried, out, looping: ((), out)
+    _, out = _layouts.over_chunks(compute, update, (),
+                                  (state.params["members"], state.state), x, size, c)
+    return out, fused_of(state, out, x)
+
+  predict = predict_scan if layout == "scan" else predict_vmap
+  return Predictor(jax.jit(predict) if jit else predict, layout)
