@@ -9,6 +9,16 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fusionjax import errors
+
+
+def _check_rank(name: str, x, ranks: Sequence[int], fix: str):
+  if x.ndim not in ranks:
+    want = " or ".join(f"rank {r}" for r in ranks)
+    raise errors.InputRankError(
+        f"{name} takes a batch of {want}; got an input of shape {tuple(x.shape)} "
+        f"(rank {x.ndim}). Fix: {fix}")
+
 
 class MLP(nn.Module):
   """A ReLU multi-layer perceptron over the flattened input.
@@ -31,6 +41,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    _check_rank("MLP", x, range(2, 9), "pass a batch [B, ...] (x[None] for one example).")
     x = x.reshape((x.shape[0], -1))
     for width in self.features:
       x = nn.relu(nn.Dense(width)(x))
@@ -40,11 +51,12 @@ class MLP(nn.Module):
 
 
 def max_pool(x: jnp.ndarray, window: int = 2) -> jnp.ndarray:
-  """Non-overlapping ``window x window`` max-pooling of ``[B, H, W, C]``.
+  """Non-overlapping max-pooling over the spatial axes of ``[B, *spatial, C]``.
 
-  The same values as ``flax.linen.max_pool(x, (w, w), strides=(w, w))``
-  (VALID padding: a remainder row or column is dropped), computed as a reshape
-  and a max. Its gradient is an elementwise select instead of XLA's
+  ``window`` along every spatial axis (``window x window`` for images, ``window``
+  for signals ``[B, L, C]``). The same values as ``flax.linen.max_pool(x, (w,) * d,
+  strides=(w,) * d)`` (VALID padding: a remainder is dropped), computed as a
+  reshape and a max. Its gradient is an elementwise select instead of XLA's
   ``select_and_scatter``, which dominated a LeNet-size training step on CPU:
   ``python benchmarks/ensemble_step.py`` timed fusionjax's step for
   ``CNN(10, (8, 16), 64)`` members (batch 128, Adam) at 30.5 ms (M=1) and
@@ -54,11 +66,14 @@ def max_pool(x: jnp.ndarray, window: int = 2) -> jnp.ndarray:
   are subgradients, and after a ReLU the usual tie is at 0, where the ReLU's
   gradient is 0 anyway.
   """
-  b, h, w, c = x.shape
-  h, w = h // window * window, w // window * window
-  x = x[:, :h, :w]
-  x = x.reshape(b, h // window, window, w // window, window, c)
-  return x.max(axis=(2, 4))
+  b, *spatial, c = x.shape
+  kept = [n // window * window for n in spatial]
+  x = x[(slice(None),) + tuple(slice(0, k) for k in kept)]
+  shape = [b]
+  for k in kept:
+    shape += [k // window, window]
+  x = x.reshape(shape + [c])
+  return x.max(axis=tuple(2 + 2 * i for i in range(len(kept))))
 
 
 class CNN(nn.Module):
@@ -77,6 +92,8 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    _check_rank("CNN", x, (3, 4), "pass images [B, H, W, C] (or [B, H, W]); for 1-D "
+                "signals [B, L] or [B, L, C] use fusionjax.models.CNN1D.")
     if x.ndim == 3:
       x = x[..., None]
     for width in self.features:
@@ -89,8 +106,48 @@ class CNN(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class CNN1D(nn.Module):
+  """A 1-D convolutional network for signals ``[B, L, C]`` (or ``[B, L]``).
+
+  The layout of :class:`CNN` along one axis: per width a ``kernel``-wide
+  convolution (SAME padding), a ReLU and a max-pool by 2, then a hidden dense
+  layer.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> m = CNN1D(3, (4, 8), 16)
+    >>> v = m.init(jax.random.key(0), jnp.ones((2, 50)))
+    >>> m.apply(v, jnp.ones((2, 50))).shape
+    (2, 3)
+  """
+  num_classes: int
+  features: Sequence[int] = (32, 64)
+  hidden: int = 128
+  kernel: int = 5
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    _check_rank("CNN1D", x, (2, 3), "pass signals [B, L] or [B, L, C]; for images use "
+                "fusionjax.models.CNN.")
+    if x.ndim == 2:
+      x = x[..., None]
+    for width in self.features:
+      x = nn.relu(nn.Conv(width, (self.kernel,), padding="SAME")(x))
+      x = max_pool(x, 2)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.hidden)(x))
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
 class RowRNN(nn.Module):
-  """A recurrent network that reads an image row by row (a sequence of H rows).
+  """A recurrent network over a sequence ``[B, T, D]``, or an image row by row.
+
+  An image ``[B, H, W, C]`` is read as H steps of ``W * C`` values. A batch of
+  vectors ``[B, D]`` raises :class:`~fusionjax.errors.InputRankError` (it has no
+  time axis; it would otherwise be read as one sequence of B steps).
 
   Attributes:
     num_classes: outputs ``C``.
@@ -103,6 +160,10 @@ class RowRNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    _check_rank(f"Row{self.cell.upper()}", x, (3, 4),
+                "pass sequences [B, T, D] or images [B, H, W, C] (one row a step); a "
+                "batch of vectors [B, D] has no time axis: reshape it to [B, T, D // T], "
+                "or use fusionjax.models.MLP.")
     if x.ndim == 4:
       x = x.reshape(x.shape[:2] + (-1,))  # [B, H, W*C]: one row a step
     cell = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}[self.cell]
@@ -152,6 +213,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    _check_rank("ResNet", x, (4,), "pass images [B, H, W, C].")
     x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     for i, blocks in enumerate(self.stage_sizes):
