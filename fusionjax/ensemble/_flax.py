@@ -122,7 +122,9 @@ def from_nnx(module_factory: Callable[[nnx.Rngs], nnx.Module], size: int, *,
 
   def member_apply(variables, x, key, train):
     g = structure()
-    params, rest = g["params"], g["rest"]
+    # Fresh copies of the cached structure: replace_by_pure_dict writes in place,
+    # and writing this call's (traced) values into the cache would leak them.
+    params, rest = jax.tree.map(lambda a: a, (g["params"], g["rest"]))
     nnx.replace_by_pure_dict(params, variables["params"])
     nnx.replace_by_pure_dict(rest, variables["state"])
     module = nnx.merge(g["graphdef"], params, rest)

@@ -70,6 +70,7 @@ def test_per_member_batches():
   np.testing.assert_allclose(out[1], shared[1][::-1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_heterogeneous_groups_cnn_and_gru():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 28, 28, 1)), jnp.float32)
   ens = fj.ensemble.groups(cnn=fj.ensemble.from_linen(models.CNN(10, (4, 8), 16), 3),
@@ -89,6 +90,7 @@ def test_heterogeneous_groups_cnn_and_gru():
     fj.ensemble.select_group(ens, v, "lstm")
 
 
+@pytest.mark.slow
 def test_dropout_key_per_member_and_batchnorm_per_member():
   m = 3
   ens = fj.ensemble.from_linen(models.MLP(10, (32,), dropout=0.5), m)
@@ -109,6 +111,7 @@ def test_dropout_key_per_member_and_batchnorm_per_member():
   assert not np.allclose(mean[0], mean[1])
 
 
+@pytest.mark.slow
 def test_bad_input_errors():
   with pytest.raises(errors.EnsembleSizeError, match="size=0"):
     fj.ensemble.from_linen(models.MLP(10), 0)
@@ -149,6 +152,7 @@ def _nnx_member_init(key, x):
   return {"params": nnx.to_pure_dict(params), "state": nnx.to_pure_dict(rest)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("m", [1, 5])
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "conv_bn_dropout", "nnx"])
 def test_init_maps_members_with_the_bits_of_vmap(kind, m):
@@ -165,3 +169,19 @@ def test_init_maps_members_with_the_bits_of_vmap(kind, m):
       jax.random.split(key, m), x))(jax.random.key(7), x)
   chex.assert_trees_all_equal(got, want)  # exact, no tolerance
   chex.assert_tree_shape_prefix(got["params"], (m,))
+
+
+@pytest.mark.slow
+def test_from_nnx_leaks_no_tracer():
+  """from_nnx caches the module's structure; a traced call must not write its
+  tracers into that cache (jax.checking_leaks raised 'Leaked trace BatchTrace')."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  ens = fj.ensemble.from_nnx(
+      lambda rngs: nnx.Sequential(nnx.Linear(5, 8, rngs=rngs), nnx.Dropout(0.2, rngs=rngs),
+                                  nnx.Linear(8, 3, rngs=rngs)), size=3)
+  x = jnp.ones((2, 5))
+  with jax.checking_leaks():
+    v = ens.init(jax.random.key(0), x)
+    train_out, _ = jax.jit(lambda v, x: ens.apply(v, x, key=jax.random.key(1), train=True))(v, x)
+    eval_out, _ = jax.jit(lambda v, x: ens.apply(v, x))(v, x)
+  assert train_out.shape == eval_out.shape == (3, 2, 3)
