@@ -3,6 +3,7 @@ import chex
 import hypothesis
 import hypothesis.strategies as st
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sklearn.metrics as skm
@@ -433,3 +434,16 @@ def test_option_and_weight_errors():
     metrics.brier_decomposition(logits, labels, weights=np.array([1.0, -1.0, 1, 1, 1, 1]))
   with pytest.raises(errors.WeightsError, match=r"shape \(2,\)"):
     metrics.ambiguity_decomposition(logits, logits[0], weights=np.ones(2))
+
+
+def test_nll_of_a_hard_vote_is_finite_and_documented():
+  """A wrong hard vote has probability 0; its NLL is -log(tiny) = 87.3 nats, not 1.8e19."""
+  from fusionjax import fusion  # pylint: disable=g-import-not-at-top
+  z = jnp.array([[[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]],
+                 [[2.0, 0.0, 0.0], [0.0, 0.0, 4.0]],
+                 [[0.0, 1.0, 0.0], [0.0, 3.0, 0.0]]])            # [M=3, B=2, C=3]
+  y = jnp.array([1, 1])                                             # row 0 votes 0: wrong
+  vote = fusion.hard_vote().apply((), z)
+  got = float(metrics.nll(vote, y))
+  assert got == pytest.approx(-np.log(np.finfo(np.float32).tiny) / 2, rel=1e-5)  # 43.7
+  assert float(metrics.nll(vote[1:], y[1:])) == 0.0  # the right vote costs nothing

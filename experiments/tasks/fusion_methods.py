@@ -68,7 +68,8 @@ def run_dataset(cfg, data_dir, timer):
 
   def add(name, log_probs, y, cost, **extra):
     r = common.scores(log_probs, y)
-    if not np.isfinite(r["nll"]) or r["nll"] > 1e6:  # one-hot outputs (hard vote)
+    one_hot = np.all(np.isin(np.exp(np.asarray(log_probs)), (0.0, 1.0)))
+    if one_hot or not np.isfinite(r["nll"]):  # a hard vote: NLL says nothing about it
       r["nll"] = r["brier"] = None
     rows[name] = {**r, "cost": float(cost), **extra}
 
