@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fusionjax import errors
+from fusionjax import _validate, errors
 from fusionjax.fusion._base import Fusion
 
 
@@ -55,6 +55,10 @@ def fit(
   Raises:
     BatchShapeError: labels whose leading dim differs from the outputs' N.
     FusionConfigError: ``steps < 1``.
+    EmptySplitError: no samples (N = 0).
+    NonFiniteInputError: member outputs (or ``x``) holding NaN or Inf.
+    LabelError: with the default loss, labels that are not integer class
+      indices ``[N]`` in ``[0, C)`` (checked once, on the host).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -79,6 +83,21 @@ def fit(
   labels = jnp.asarray(labels)
   leaves = jax.tree.leaves(member_outputs)
   n = leaves[0].shape[1] if leaves and leaves[0].ndim >= 2 else None
+  if n == 0:
+    raise errors.EmptySplitError(
+        f"fit: member outputs of shape {leaves[0].shape} hold no samples (N=0). Fix: "
+        "pass the outputs of at least one held-out example.")
+  if _validate.concrete(leaves, x, labels):
+    for i, leaf in enumerate(leaves):
+      if leaf.ndim >= 2:  # [M, N, ...]: rows are samples along axis 1
+        _validate.finite_inputs(jnp.moveaxis(leaf, 1, 0),
+                                "fit: the member outputs" + (f" (leaf {i})" if i else ""))
+    if x is not None:
+      for leaf in jax.tree.leaves(x):
+        _validate.finite_inputs(leaf, "fit: x")
+    if loss is None and leaves and leaves[0].ndim == 3:
+      labels = jnp.asarray(_validate.class_labels(labels, leaves[0].shape[-1],
+                                                  "fit: the labels"))
   if n is not None and (labels.ndim < 1 or labels.shape[0] != n):
     raise errors.BatchShapeError(
         f"fit: labels of shape {labels.shape} for member outputs of shape "
