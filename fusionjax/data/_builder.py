@@ -11,8 +11,10 @@ Where the four files come from, in order:
 1. a folder that holds them, given to the builder (``source_dirs``; ``load``
    passes ``<data_dir>/<name>`` and ``<data_dir>``);
 2. tfds's manual dir (``<data_dir>/downloads/manual[/<name>]``);
-3. otherwise, when ``download=True``, tfds's download manager fetches them
-   from the standard URLs.
+3. otherwise, only when ``download=True`` is passed, tfds's download manager
+   fetches them from the standard URLs. By default nothing touches the
+   network: absent files raise ``DataNotFoundError`` at once, naming the
+   folders searched, the files needed and the fix.
 
 With ``verify=True`` (the default) every file must be the published one: the
 sha256 of the ``.gz`` (the values tfds registers for its own builders) or, for
@@ -20,8 +22,10 @@ MNIST, the well-known md5 of the decompressed bytes (so re-compressed copies
 pass). Pass ``verify=False`` for IDX files of your own.
 
 A failed prepare leaves nothing behind: tfds writes into an ``incomplete.*``
-folder, renames it when done, and removes it on failure; and every file is
-read and checked before the first record is written.
+folder, renames it when done, and removes it on failure (``prepare_idx`` also
+removes it on KeyboardInterrupt, and removes one left by a killed process at
+the next preparation); and every file is read and checked before the first
+record is written.
 """
 from __future__ import annotations
 
@@ -148,10 +152,29 @@ def _missing_message(
   )
   lines.append(
       "Fix: put the four files in <data_dir>/"
-      f"{config.name}/ and pass --data-dir <data_dir> (or set FUSIONJAX_DATA),"
-      f" or run online with download=True to fetch them from {config.url}."
+      f"{config.name}/ and pass data_dir=<data_dir> (--data-dir on the command"
+      " line, or set FUSIONJAX_DATA), or pass download=True to fetch them"
+      f" from {config.url} (nothing is downloaded unless asked)."
   )
   return "\n".join(lines)
+
+
+def find_files(
+    folders: Sequence[pathlib.Path],
+) -> tuple[dict[str, pathlib.Path] | None, dict[pathlib.Path, set[str]]]:
+  """The four files, by role, from the first folder holding all of them.
+
+  Returns:
+    ``(paths or None, {folder: the files it holds} for folders holding some)``.
+  """
+  partial = {}
+  for folder in folders:
+    present = {f for f in FILES.values() if (folder / f).is_file()}
+    if len(present) == len(FILES):
+      return {role: folder / f for role, f in FILES.items()}, partial
+    if present:
+      partial[folder] = present
+  return None, partial
 
 
 def _check_file(
@@ -265,14 +288,15 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
       *,
       source_dirs: Sequence[str | os.PathLike] = (),
       verify: bool = True,
-      download: bool = True,
+      download: bool = False,
       **kwargs,
   ):
     """Args:
       source_dirs: folders to look for the four files in, before the manual
         dir and the download.
       verify: check the files against the published checksums.
-      download: fetch missing files from the standard URLs.
+      download: fetch missing files from the standard URLs (``False``, the
+        default: never touch the network).
       **kwargs: tfds's (``config``, ``data_dir``, ``file_format``...).
     """
     self._source_dirs = [pathlib.Path(d) for d in source_dirs]
@@ -299,22 +323,48 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,
     )
 
-  def _locate(self, dl_manager) -> dict[str, pathlib.Path]:
-    """Finds the four files on disk, or downloads them."""
-    config = self.builder_config
+  def search_folders(
+      self, manual_dir: str | os.PathLike | None = None
+  ) -> list[pathlib.Path]:
+    """Where the four files are looked for: ``source_dirs``, then the manual dir.
+
+    ``<manual_dir>/<name>`` and ``<manual_dir>`` count only if the manual dir
+    is a folder.
+    """
     folders = list(self._source_dirs)
+    if manual_dir is not None and pathlib.Path(manual_dir).is_dir():
+      manual = pathlib.Path(manual_dir)
+      folders += [manual / self.builder_config.name, manual]
+    return folders
+
+  def local_files(
+      self, manual_dir: str | os.PathLike | None = None
+  ) -> dict[str, pathlib.Path]:
+    """The four files on disk, by role; never downloads.
+
+    Raises:
+      DataNotFoundError: they are not all in one of :meth:`search_folders`;
+        the message names the folders searched, the files needed, and the fix.
+    """
+    folders = self.search_folders(manual_dir)
+    paths, partial = find_files(folders)
+    if paths is None:
+      raise errors.DataNotFoundError(
+          _missing_message(self.builder_config, folders, partial)
+      )
+    return paths
+
+  def _locate(self, dl_manager) -> dict[str, pathlib.Path]:
+    """Finds the four files on disk, or downloads them (only if ``download``)."""
+    config = self.builder_config
     try:
-      manual = pathlib.Path(dl_manager.manual_dir)
-      folders += [manual / config.name, manual]
+      manual = dl_manager.manual_dir
     except (AssertionError, ValueError):  # no manual dir: nothing to add
-      pass
-    partial = {}
-    for folder in folders:
-      present = {f for f in FILES.values() if (folder / f).is_file()}
-      if len(present) == len(FILES):
-        return {role: folder / f for role, f in FILES.items()}
-      if present:
-        partial[folder] = present
+      manual = None
+    folders = self.search_folders(manual)
+    paths, partial = find_files(folders)
+    if paths is not None:
+      return paths
     if not self._download:
       raise errors.DataNotFoundError(_missing_message(config, folders, partial))
     urls = {role: config.url + f for role, f in FILES.items()}

@@ -7,14 +7,20 @@
 * any other name: a tfds data set already prepared (as ``array_record``) in
   the data dir, e.g. ``'cifar10'``.
 
-Every split is read once into memory and served by numpy indexing.
+Every split is read once into memory and served by numpy indexing. Nothing
+touches the network unless ``download=True`` is passed. A prepared folder is
+opened through :mod:`fusionjax.data._prepared`, which reads its feature
+description itself and accepts only a whitelist of tfds feature classes, so
+loading data never imports code that a data folder names.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import pathlib
-from typing import Any
+import shutil
+from typing import Any, Callable
+import warnings
 
 import numpy as np
 
@@ -104,21 +110,75 @@ def _cache_dir(data_dir: pathlib.Path, cache_dir: Any) -> pathlib.Path:
   return path.resolve()
 
 
+#: The lock file held while a data set is prepared, in its folder.
+_LOCK_FILE = ".prepare.lock"
+#: How tfds names the folder it writes into before renaming it.
+_INCOMPLETE = "incomplete.*"
+
+
+def _lock(file: Any) -> bool:
+  """Takes an exclusive lock on the open ``file`` (waits); ``False`` if impossible."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top
+    fcntl.flock(file, fcntl.LOCK_EX)
+  except (ImportError, OSError):  # not POSIX, or a file system without locks
+    return False
+  return True
+
+
+def _remove_incomplete(dataset_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Removes the ``incomplete.*`` folders in ``dataset_dir``; returns them."""
+  found = sorted(p for p in dataset_dir.glob(_INCOMPLETE) if p.is_dir())
+  for path in found:
+    shutil.rmtree(path, ignore_errors=True)
+  return found
+
+
+def _prepare_locked(dataset_dir: pathlib.Path, prepare: Callable[[], Any]) -> None:
+  """Runs ``prepare`` holding the lock of ``dataset_dir``, leaving no temp folder.
+
+  tfds prepares into ``<dataset_dir>/incomplete.XXXXXX_<version>`` and renames
+  it when done. While the lock is held no other preparation of this data set
+  runs, so an ``incomplete.*`` folder found then is the leftover of one that
+  was killed: it is removed, with a warning. If ``prepare`` raises (a bad
+  file, KeyboardInterrupt...), the folder it was writing is removed too.
+  """
+  dataset_dir.mkdir(parents=True, exist_ok=True)
+  with open(dataset_dir / _LOCK_FILE, "a") as lock:
+    locked = _lock(lock)
+    if locked:
+      stale = _remove_incomplete(dataset_dir)
+      if stale:
+        warnings.warn(
+            f"removed {len(stale)} folder(s) left by an interrupted"
+            f" preparation: {[str(p) for p in stale]}; preparing again.",
+            stacklevel=3,
+        )
+    try:
+      prepare()
+    except BaseException:
+      if locked:
+        _remove_incomplete(dataset_dir)
+      raise
+
+
 def prepare_idx(
     name: str,
     data_dir: str | os.PathLike | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
     verify: bool = True,
-    download: bool = True,
+    download: bool = False,
 ) -> pathlib.Path:
   """Prepares MNIST, Fashion-MNIST or KMNIST to ``array_record`` (once).
 
   Looks for the four IDX files in ``<data_dir>/<name>/``, ``<data_dir>/`` and
-  ``<data_dir>/downloads/manual[/<name>]``, else downloads them (when
-  ``download``). Does nothing if the data set is already prepared in
+  ``<data_dir>/downloads/manual[/<name>]``; downloads them only when asked
+  (``download=True``). Does nothing if the data set is already prepared in
   ``cache_dir`` (delete ``<cache_dir>/fusionjax_idx/<name>`` to prepare it
-  again from other files).
+  again from other files). An interrupted preparation leaves no
+  ``incomplete.*`` folder behind, and one left by a killed process is removed
+  (with a warning) by the next preparation.
 
   Args:
     name: ``'mnist'``, ``'fashion_mnist'`` or ``'kmnist'``.
@@ -128,7 +188,9 @@ def prepare_idx(
       ``~/.cache/fusionjax/prepared``).
     verify: check the files against the published checksums (pass ``False``
       for IDX files of your own).
-    download: fetch missing files from the standard URLs.
+    download: fetch missing files from the standard URLs; ``False`` (the
+      default): never touch the network, and fail at once (naming the folders
+      searched and the files needed) when the files are absent.
 
   Returns:
     The tfds data dir holding ``fusionjax_idx/<name>/``; read it with
@@ -154,11 +216,15 @@ def prepare_idx(
       download=download,
       file_format="array_record",
   )
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(root / "downloads" / "manual"),
-          try_download_gcs=False,
-      )
+  manual_dir = root / "downloads" / "manual"
+  if not download and not builder.data_path.exists():
+    builder.local_files(manual_dir)  # absent: fail now, before tfds writes
+  config = tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual_dir), try_download_gcs=False
+  )
+  _prepare_locked(
+      cache / _builder.BUILDER_NAME / name,
+      lambda: builder.download_and_prepare(download_config=config),
   )
   return cache
 
@@ -202,9 +268,12 @@ def from_tfds(
 ) -> _sources.ArraySource:
   """A split of a tfds data set already prepared in ``data_dir``, in memory.
 
-  Opens it with ``tfds.data_source`` (random access, no TensorFlow; the data
-  set must have been prepared with ``file_format='array_record'``) and reads
-  every record once.
+  Opens the prepared folder (random access, no TensorFlow; the data set must
+  have been prepared with ``file_format='array_record'``) after checking its
+  feature description against a whitelist, and reads every record once. A
+  data set that tfds has code for but that is not prepared there goes to
+  ``tfds.data_source`` (features from the installed code), which then says
+  it is not prepared.
 
   Args:
     name: the tfds name, optionally with config and version
@@ -224,17 +293,29 @@ def from_tfds(
   Raises:
     DataNotFoundError: unknown name, or not prepared for random access there.
     EmptySplitError: the split has no examples.
+    UnsafeFeatureError: the prepared folder names a feature class outside
+      the whitelist (:data:`fusionjax.data._prepared.FEATURE_CLASSES`);
+      nothing it names is imported.
+    CorruptPreparedDataError: a damaged record file or metadata file; the
+      message names the folder to delete (preparing again rebuilds it).
 
   Example:
     >>> test = from_tfds("cifar10", "~/tensorflow_datasets", "test")  # doctest: +SKIP
   """
-  tfds, _builder = _tfds()
+  _, _builder = _tfds()
+  from fusionjax.data import _prepared  # pylint: disable=g-import-not-at-top
   if data_dir is None and os.environ.get(DATA_ENV):
     data_dir = os.environ[DATA_ENV]
   if data_dir is not None:
     data_dir = os.fspath(pathlib.Path(data_dir).expanduser())
   try:
-    ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    folder = _prepared.locate(name, data_dir)
+    if folder is not None:  # features checked against the whitelist first
+      ds = _prepared.data_source(folder, split)
+    else:
+      ds = _prepared.code_data_source(name, split, data_dir)
+  except errors.FusionJaxError:
+    raise
   except (
       NotImplementedError, ValueError, KeyError, AssertionError, OSError
   ) as e:
@@ -256,7 +337,15 @@ def from_tfds(
         f"tfds data set {name!r} split {split!r} has no examples. Fix: check"
         " the split name or slice."
     )
-  images, labels = _read_all(ds, keys)
+  try:
+    images, labels = _read_all(ds, keys)
+  except (RuntimeError, ValueError, OSError) as e:  # Riegeli, a cut record...
+    if isinstance(e, errors.FusionJaxError):
+      raise
+    raise _prepared.damaged(
+        folder or pathlib.Path(os.fspath(info.data_dir)),
+        f"reading split {split!r} failed ({type(e).__name__}: {e})",
+    ) from e
   if normalization is None:
     if base in _sources.NORMALIZATION:
       normalization = base
@@ -283,7 +372,7 @@ def load(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     verify: bool = True,
-    download: bool = True,
+    download: bool = False,
 ) -> _sources.Splits:
   """Train, validation and test sources of a data set, by name.
 
@@ -304,7 +393,9 @@ def load(
     seed: chooses the validation examples.
     cache_dir: where IDX data sets are prepared (see :func:`prepare_idx`).
     verify: check IDX files against the published checksums.
-    download: fetch missing IDX files from the standard URLs.
+    download: fetch missing IDX files from the standard URLs. Off by default:
+      with the files absent, ``load`` fails at once with a
+      ``DataNotFoundError`` naming where it looked and what it needs.
 
   Returns:
     ``Splits(train, validation, test)``, each an :class:`ArraySource`.

@@ -43,6 +43,7 @@ def test_shapes_and_class_counts():
   assert train_x.mean() / 255 == pytest.approx(0.1307, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_prepared_through_the_builder_equals_the_idx_files(mnist_prepared):
   """Prepared (verified against the published checksums) and read by tfds."""
   for split, n in (("train", 60000), ("test", 10000)):
@@ -58,6 +59,7 @@ def test_prepared_through_the_builder_equals_the_idx_files(mnist_prepared):
   assert "tensorflow" not in sys.modules
 
 
+@pytest.mark.slow
 def test_load_mnist(mnist_splits):
   train, validation, test = mnist_splits
   assert (len(train), len(validation), len(test)) == (54000, 6000, 10000)
