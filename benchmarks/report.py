@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 SECTIONS = [
+    ("engine_ab", "The training engine before and after make_trainer (issue 17)"),
     ("ensemble_step", "Training throughput: stacked step vs loops and PyTorch peers"),
     ("ensemble_step_cnn", "Training throughput: the CNN again, more cycles, no PyTorch peers"),
     ("inference", "Inference: fused prediction throughput"),
@@ -42,7 +43,10 @@ def machine_line(r):
   vs = ", ".join(f"{k} {v[k]}" for k in ("jax", "jaxlib", "flax", "optax", "numpy", "torch",
                                           "torchensemble") if v.get(k))
   caches = ", ".join(f"{k} {val}" for k, val in m.get("caches", {}).items() if "cache" in k)
-  return (f"`{r.get('command', '')}` — {m['cpu']}, {m['cores']} cores ({caches}); "
+  isa = m.get("cpu_flags")
+  isa = (f"vector ISA {' '.join(isa)}; AVX-512 {'yes' if m.get('avx512') else 'no'}; "
+         if isa is not None else "CPU flags not recorded; ")
+  return (f"`{r.get('command', '')}` — {m['cpu']}, {m['cores']} cores ({caches}); {isa}"
           f"{vs}; Python {m['python']}; load average {m['loadavg_start'][0]:.1f} at start, "
           f"{m.get('loadavg_end', [float('nan')])[0]:.1f} at end; finished "
           f"{r.get('finished', '?')}.")
@@ -72,6 +76,16 @@ def at_least_one(rows, key, label):
 
 def targets(res):
   out = []
+  ab = res.get("engine_ab")
+  if ab:
+    worst = min(ab["rows"], key=lambda r: r["new_vs_old"]["median"])
+    out.append(("New default step >= 0.97x the old one (median of >= 15 interleaved cycles), "
+                "digits MLP, MNIST MLP, CNN at M in {1, 16, 64}",
+                verdict(worst["new_vs_old"]["median"] >= 0.97 and
+                        min(r["cycles"] for r in ab["rows"]) >= 15),
+                f"worst {worst['model']} M={worst['members']} "
+                f"{worst['new_vs_old']['median']:.3f}x ({ab['machine']['cpu']}, AVX-512 "
+                f"{'yes' if ab['machine'].get('avx512') else 'no'})"))
   step = res.get("ensemble_step")
   inf = res.get("inference")
   cm = res.get("compile_memory")

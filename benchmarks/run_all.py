@@ -40,6 +40,8 @@ def main(argv=None):
        (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
       ("compile_memory", "compile_memory", ["--members", "1", "16"] if args.quick else []),
       ("donation", "donation", cycles),
+      # The new default step against a frozen copy of the one before make_trainer.
+      ("engine_ab", "engine_ab", members + (["--cycles", "3"] if args.quick else [])),
   ]
   if args.with_sweep or (args.only and "chunk_sweep" in args.only):
     scripts.append(("chunk_sweep", "chunk_sweep", ["--members", "16", "64", "--models",
