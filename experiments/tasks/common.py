@@ -209,12 +209,13 @@ def fit_per_member(ens, cfg: dict, x, y, indices: Sequence[np.ndarray], key, *,
   """
   tx = optimizer(cfg, steps)
   batch = min(cfg["batch_size"], min(len(i) for i in indices))
-  state = fj.train.init(ens, tx, key, x[:1])
+  trainer = fj.train.make_trainer(ens, tx, per_member=True, x_example=x[:1])
+  state = trainer.init(key, x[:1])
   if init_params is not None:
     params = {"members": init_params, "fusion": state.params["fusion"]}
     state = state._replace(params=params,
                            opt_state=ens.member_map(tx.init, params["members"]))
-  step = fj.train.make_step(ens, tx, per_member=True, x_example=x[:1])
+  step = trainer.step
   shift = cfg.get("shift", 0)
   background = float(np.min(x)) if shift else 0.0
   shift_key = jax.random.fold_in(key, 0x5817)

@@ -5,7 +5,7 @@ Per seed, ``max_members`` members are trained at once in one stacked step
 M of them: the first M, and ``random_subsets`` random subsets of size M
 (the spread over subsets). Spread over seeds comes from ``seeds``. With
 ``member_order='own'`` every member reads its own shuffle of the training set
-(``make_step(per_member=True)``), otherwise all members read the same batches.
+(``make_trainer(per_member=True)``), otherwise all members read the same batches.
 """
 import jax
 import numpy as np

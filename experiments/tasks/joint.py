@@ -1,7 +1,7 @@
 """Figure 5: joint against independent training, sweeping lambda of the hybrid loss.
 
 ``loss = sum_m CE(member_m) + lambda * CE(mean of member probabilities)``
-(``make_step(regime='hybrid', lam=lambda, fusion=fj.fusion.mean())``);
+(``make_trainer(regime='hybrid', lam=lambda, fusion=fj.fusion.mean())``);
 ``lambda = 0`` is independent training, and ``regime='joint'`` (the fused loss
 alone) is the limit of large lambda. For each setting: the ensemble's test
 accuracy and NLL, the mean member's, their gap (the gain of the ensemble over

@@ -5,7 +5,7 @@ benchmarks): when ``benchmarks/results/ensemble_step.json`` exists its rows are
 copied with their machine and command (normalised to ``model, members,
 stacked_member_samples_per_s, loop_member_samples_per_s``). Otherwise (and in
 smoke mode) a minimal version of the same measurement runs here: fusionjax's
-stacked step (``fj.train.make_step``) against a Python loop over M jitted
+stacked step (``fj.train.make_trainer``) against a Python loop over M jitted
 single-member flax + optax steps, batch ``batch``, synthetic inputs, median over
 ``repeats`` timings of ``steps`` steps each.
 """
@@ -63,8 +63,9 @@ def measure(model: str, m: int, batch: int, repeats: int, steps: int) -> dict:
   y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
   tx = optax.adam(1e-3)
   ens = fj.ensemble.from_linen(module, m)
-  box = {"s": fj.train.init(ens, tx, jax.random.key(0), x[:1])}
-  step = fj.train.make_step(ens, tx, x_example=x[:1])
+  trainer = fj.train.make_trainer(ens, tx, x_example=x[:1])
+  box = {"s": trainer.init(jax.random.key(0), x[:1])}
+  step = trainer.step
 
   def stacked():
     box["s"], logs = step(box["s"], {"x": x, "y": y})
