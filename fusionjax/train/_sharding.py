@@ -130,11 +130,13 @@ def jit_sharded(step, mesh: Mesh, ensemble: Ensemble, per_member: bool = False,
                 donate: bool = True):
   """``jax.jit`` of an unjitted step with explicit in/out shardings on ``mesh``.
 
-  The shardings are computed from the first state and batch the step sees.
+  The shardings are computed from the first state and batch the step sees (per
+  tree structure); ``.trace(state, batch)`` and ``.lower(state, batch)`` give
+  that program, as a ``jax.jit`` object's do.
   """
   cache = {}
 
-  def sharded(state, batch):
+  def jitted(state, batch):
     key = jax.tree_util.tree_structure((state, batch))
     if key not in cache:
       ss = state_shardings(state, mesh, ensemble)
@@ -142,6 +144,12 @@ def jit_sharded(step, mesh: Mesh, ensemble: Ensemble, per_member: bool = False,
       cache[key] = jax.jit(step, in_shardings=(ss, bs),
                            out_shardings=(ss, NamedSharding(mesh, P())),
                            donate_argnums=(0,) if donate else ())
-    return cache[key](state, batch)
+    return cache[key]
 
+  def sharded(state, batch):
+    return jitted(state, batch)(state, batch)
+
+  # As a jax.jit object: the program for these arguments, to inspect.
+  sharded.trace = lambda state, batch: jitted(state, batch).trace(state, batch)
+  sharded.lower = lambda state, batch: jitted(state, batch).lower(state, batch)
   return sharded

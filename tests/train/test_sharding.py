@@ -110,3 +110,22 @@ def test_mesh_errors_name_sizes_and_fix():
     fj.train.state_shardings(state, fake, ens)
   with pytest.raises(errors.MeshError, match="batch size 5 is not divisible.*'data' axis \\(2"):
     fj.train.batch_shardings({"x": np.zeros((5, 4))}, type("M", (), {"shape": {"data": 2}})())
+
+
+def test_the_sharded_step_can_be_traced_and_lowered():
+  """Under a mesh the trainer's step (layout 'vmap') has .trace and .lower, as jax.jit's."""
+  code = """
+import jax, jax.numpy as jnp, optax, fusionjax as fj
+ens = fj.ensemble.from_linen(fj.models.MLP(10, (8,)), 4)
+mesh = fj.train.make_mesh(member=2, data=2)
+trainer = fj.train.make_trainer(ens, optax.adam(1e-3), mesh=mesh)
+assert trainer.layout == "vmap"
+state = fj.train.shard_state(trainer.init(jax.random.key(0), jnp.ones((1, 8, 8, 1))), mesh, ens)
+batch = fj.train.shard_batch({"x": jnp.ones((4, 8, 8, 1)), "y": jnp.zeros(4, jnp.int32)}, mesh)
+text = trainer.step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
+assert "mhlo.sharding" in text or "sdy.sharding" in text, text[:2000]
+state, logs = trainer.step(state, batch)
+print(logs["member_loss"].shape)
+"""
+  out = run_python(code, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert "(4,)" in out
