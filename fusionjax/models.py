@@ -76,6 +76,20 @@ def max_pool(x: jnp.ndarray, window: int = 2) -> jnp.ndarray:
   return x.max(axis=tuple(2 + 2 * i for i in range(len(kept))))
 
 
+def _conv_net(net, x, kernel, train):
+  """``net``'s body (CNN, CNN1D), inside its compact ``__call__``: per width a
+  convolution, a ReLU and a max-pool by 2; then a hidden dense layer, dropout and
+  the output layer."""
+  for width in net.features:
+    x = nn.relu(nn.Conv(width, kernel, padding="SAME")(x))
+    x = max_pool(x, 2)
+  x = x.reshape((x.shape[0], -1))
+  x = nn.relu(nn.Dense(net.hidden)(x))
+  if net.dropout:
+    x = nn.Dropout(net.dropout, deterministic=not train)(x)
+  return nn.Dense(net.num_classes)(x)
+
+
 class CNN(nn.Module):
   """A LeNet-5-style convolutional network for ``[B, H, W, C]`` images.
 
@@ -96,14 +110,7 @@ class CNN(nn.Module):
                 "signals [B, L] or [B, L, C] use fusionjax.models.CNN1D.")
     if x.ndim == 3:
       x = x[..., None]
-    for width in self.features:
-      x = nn.relu(nn.Conv(width, (5, 5), padding="SAME")(x))
-      x = max_pool(x, 2)
-    x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden)(x))
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return _conv_net(self, x, (5, 5), train)
 
 
 class CNN1D(nn.Module):
@@ -132,14 +139,7 @@ class CNN1D(nn.Module):
                 "fusionjax.models.CNN.")
     if x.ndim == 2:
       x = x[..., None]
-    for width in self.features:
-      x = nn.relu(nn.Conv(width, (self.kernel,), padding="SAME")(x))
-      x = max_pool(x, 2)
-    x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden)(x))
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return _conv_net(self, x, (self.kernel,), train)
 
 
 class RowRNN(nn.Module):
