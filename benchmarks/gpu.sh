@@ -16,5 +16,6 @@ if [[ "${1:-}" == "--dry" ]]; then
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
-"$PY" -m pytest -q -p no:cacheprovider -m gpu tests
+# tests/conftest.py defaults JAX_PLATFORMS to cpu: name the GPU's platform here.
+JAX_PLATFORMS="${JAX_PLATFORMS:-cuda}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
 "$PY" benchmarks/gpu_step.py "$@"
