@@ -108,6 +108,35 @@ class CheckpointDirError(FusionJaxError):
   """
 
 
+class NoUsableCheckpointError(FusionJaxError):
+  """Checkpoints exist in ``ckpt_dir`` but none of them restores.
+
+  Each damaged checkpoint (unreadable, or its data differ from the checksums
+  saved with it) was moved to ``ckpt_dir/skipped/<step>-<reason>``; the
+  message lists them. Fix: start a fresh run in another ``ckpt_dir``.
+  """
+
+
+class ExistingRunError(FusionJaxError):
+  """``fit`` would start a fresh run where another run's checkpoints or log are.
+
+  Starting over there would mix the two runs (an old checkpoint resumed
+  later, or a log overwritten). Fix: pass ``resume=True`` to continue the run
+  in that folder, or another ``ckpt_dir`` / ``log_path`` for a new run.
+  """
+
+
+class RunConfigMismatchError(FusionJaxError):
+  """A checkpoint is resumed with another configuration than the one that wrote it.
+
+  The members, batch size, params shapes, optimizer state, regime, bagging
+  or seed differ, so the resumed run would not continue the saved one (e.g.
+  another batch size skips part of an epoch). ``epochs`` may grow. Fix: pass
+  the saved values the message names, or start a fresh run in another
+  ``ckpt_dir``.
+  """
+
+
 # --------------------------------------------------------------------------
 # fusion
 # --------------------------------------------------------------------------

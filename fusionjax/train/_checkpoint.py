@@ -6,10 +6,12 @@ writes to a temporary directory and renames it when complete, so a process
 killed at any moment leaves the previous checkpoint readable. Nothing here
 unpickles a file.
 """
+import hashlib
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+import warnings
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -68,6 +70,32 @@ def _from_saveable(tree, like):
       tree, like)
 
 
+def _item(state, position) -> dict:
+  """What is saved: the state (keys as raw data) and the data position as int64."""
+  return {"state": _to_saveable(state),
+          "position": {k: np.asarray(v, np.int64) for k, v in position.items()}}
+
+
+def _leaf_digest(x) -> str:
+  """sha256 of a leaf's dtype, shape and bytes (this process's shards only)."""
+  h = hashlib.sha256()
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    for shard in sorted(x.addressable_shards, key=lambda s: str(s.index)):
+      a = np.asarray(shard.data)
+      h.update(f"{shard.index}{a.dtype}{a.shape}".encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+  else:
+    a = np.asarray(jax.device_get(x))
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def checksums(state, position) -> list:
+  """One sha256 per leaf of the saved item (host arrays of this process)."""
+  return [_leaf_digest(x) for x in jax.tree_util.tree_leaves(_item(state, position))]
+
+
 class Checkpointer:
   """A thin wrapper over ``orbax.checkpoint.CheckpointManager``.
 
@@ -91,13 +119,15 @@ class Checkpointer:
   def save(self, step: int, state: Any, position: dict, meta: Optional[dict] = None) -> None:
     """Saves ``state``, the data ``position`` and the run's ``meta`` (JSON: e.g. the
     layout) at ``step`` (blocking, atomic)."""
-    item = {"state": _to_saveable(state),
-            "position": {k: np.asarray(v, np.int64) for k, v in position.items()}}
+    item = _item(state, position)
+    meta = dict(meta or {})
+    # Verified by restore_newest: a flipped bit in a data file is caught.
+    meta["checksums"] = {str(jax.process_index()): checksums(state, position)}
     kept = self.latest_step()
     ocp = _ocp()
     try:
       self._mgr.save(int(step), args=ocp.args.Composite(
-          item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(dict(meta or {}))),
+          item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta)),
                      force=True)
       self._mgr.wait_until_finished()
     except OSError as e:
@@ -129,6 +159,69 @@ class Checkpointer:
     state = type(state_like)(*state) if isinstance(state_like, tuple) and not isinstance(
         state, type(state_like)) else state
     return state, {k: int(v) for k, v in item["position"].items()}
+
+  def _skip(self, step: int, reason: str) -> str:
+    """Moves the step's folder to ``skipped/<step>-<reason>`` (outside orbax's
+    step folders, so its clean-up never deletes it); returns the new path."""
+    skipped = os.path.join(self.directory, "skipped")
+    os.makedirs(skipped, exist_ok=True)
+    dest = os.path.join(skipped, f"{step}-{reason}")
+    i = 1
+    while os.path.exists(dest):
+      i += 1
+      dest = os.path.join(skipped, f"{step}-{reason}-{i}")
+    os.rename(os.path.join(self.directory, str(step)), dest)
+    self._mgr.reload()
+    return dest
+
+  def restore_newest(self, state_like: Any, check_meta: Optional[Callable] = None):
+    """Restores the newest checkpoint that is intact.
+
+    Steps are tried newest first. A checkpoint whose meta or data cannot be
+    read, or whose data do not match the checksums saved with it, is moved to
+    ``<directory>/skipped/<step>-<reason>`` with a warning, and the next older
+    one is tried. ``check_meta(step, meta)`` may raise to refuse a checkpoint
+    that is intact but belongs to another configuration (not damage: nothing
+    is moved).
+
+    Returns:
+      ``(step, state, position, meta)``, or ``None`` when there is no checkpoint.
+
+    Raises:
+      :class:`~fusionjax.errors.NoUsableCheckpointError` when checkpoints exist
+      but none restores.
+    """
+    tried = []
+    for step in sorted(self._mgr.all_steps(), reverse=True):
+      try:
+        meta = self.meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        reason, detail = "unreadable-meta", f"{type(e).__name__}: {e}"
+      else:
+        if check_meta is not None:
+          check_meta(step, meta)
+        try:
+          state, position = self.restore(state_like, step)
+        except Exception as e:  # pylint: disable=broad-except
+          reason, detail = "unreadable", f"{type(e).__name__}: {e}"
+        else:
+          want = (meta.get("checksums") or {}).get(str(jax.process_index()))
+          if want is None or want == checksums(state, position):
+            return step, state, position, meta
+          reason, detail = "checksum-mismatch", "its data differ from the checksums saved with it"
+      dest = self._skip(step, reason)
+      detail = " ".join(detail.split())
+      detail = detail if len(detail) < 300 else detail[:300] + "..."
+      warnings.warn(f"fusionjax: the checkpoint of step {step} in {self.directory!r} is "
+                    f"damaged ({reason}: {detail}); moved it to {dest!r} and trying the "
+                    "next older one.", RuntimeWarning, stacklevel=2)
+      tried.append(f"step {step}: {reason} (moved to {dest})")
+    if tried:
+      raise errors.NoUsableCheckpointError(
+          f"No checkpoint in {self.directory!r} restores; tried {'; '.join(tried)}. "
+          f"Fix: start a fresh run in another ckpt_dir (the damaged checkpoints are kept "
+          f"in {os.path.join(self.directory, 'skipped')!r} for inspection).")
+    return None
 
   def close(self):
     self._mgr.close()

@@ -86,6 +86,48 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def _describe(tree) -> list:
+  """``'path: dtype[shape]'`` per leaf (JSON: compared on resume)."""
+  return [f"{jax.tree_util.keystr(p)}: {jnp.dtype(x.dtype).name}{list(x.shape)}"
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _run_config(ensemble, state, *, batch_size, regime, bagging, seed) -> dict:
+  """What a resumed run must share with the saved one (``epochs`` may grow)."""
+  cfg = {"members": int(ensemble.size), "member_names": list(ensemble.names),
+         "batch_size": int(batch_size), "regime": regime, "bagging": bool(bagging),
+         "seed": int(seed), "params": _describe(state.params),
+         "optimizer": {"tree": str(jax.tree_util.tree_structure(state.opt_state)),
+                       "leaves": _describe(state.opt_state)},
+         "fusion_optimizer": {
+             "tree": str(jax.tree_util.tree_structure(state.fusion_opt_state)),
+             "leaves": _describe(state.fusion_opt_state)}}
+  return json.loads(json.dumps(cfg))
+
+
+def _first_difference(saved, now) -> str:
+  """The saved and the current value, or for lists their first differing entry."""
+  if isinstance(saved, list) and isinstance(now, list):
+    for i, (a, b) in enumerate(zip(saved, now)):
+      if a != b:
+        return f"entry {i}: saved {a!r}, now {b!r}"
+    return f"saved {len(saved)} entries, now {len(now)}"
+  if isinstance(saved, dict) and isinstance(now, dict):
+    for k in sorted(set(saved) | set(now)):
+      if saved.get(k) != now.get(k):
+        return f"{k}: " + _first_difference(saved.get(k), now.get(k))
+  return f"saved {saved!r}, now {now!r}"
+
+
+def _write_log(log_path: str, history: list) -> None:
+  """Rewrites the JSON-lines log from ``history`` (atomic: write, then rename)."""
+  os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+  tmp = f"{log_path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(h) + "\n" for h in history)
+  os.replace(tmp, log_path)
+
+
 def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, Any], *,
         key: jax.Array, epochs: int, batch_size: int = 128,
         fusion: Optional[Fusion] = None, regime: str = "independent", lam: float = 1.0,
@@ -108,10 +150,18 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
     fusion, regime, lam, fusion_tx: see :func:`~fusionjax.train.make_trainer`.
     eval_sets: name -> ``(x, y)`` (or a source), evaluated after every epoch.
     log_path: a JSON-lines file; one line per epoch (``pandas.read_json(path, lines=True)``).
-    ckpt_dir: orbax checkpoints (state, data position, key); checked for
-      writability before training starts.
+      It is rewritten from the history saved in the checkpoints, so a resumed
+      run's log equals the uninterrupted one's (``time`` is cumulative).
+    ckpt_dir: orbax checkpoints (state, data position, key, the run's
+      configuration, the log history, checksums); checked for writability
+      before training starts.
     ckpt_every: also checkpoint every this many steps (default: each epoch).
-    resume: continue from the latest checkpoint in ``ckpt_dir``.
+    resume: continue from the newest intact checkpoint in ``ckpt_dir``
+      (damaged ones are moved to ``ckpt_dir/skipped`` with a warning);
+      resuming with another configuration raises
+      :class:`~fusionjax.errors.RunConfigMismatchError`. ``resume=False`` where
+      checkpoints or the log exist raises
+      :class:`~fusionjax.errors.ExistingRunError` (nothing is deleted).
     mesh: a ``('member', 'data')`` mesh to shard the step over.
     bagging: each member trains on its own bootstrap of the training set.
     on_nonfinite: ``'stop'`` raises :class:`~fusionjax.errors.NonFiniteError`
@@ -122,7 +172,8 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
     sync_every: steps between host reads of the logs (the only host syncs).
     handle_signals: SIGINT/SIGTERM finish the step, checkpoint and return
       ``status='interrupted'``.
-    max_steps: stop after this many steps in total (for smoke runs).
+    max_steps: stop after this many steps in total, counting those of earlier
+      runs that this one resumes (for smoke runs).
     seed: seed of the data order.
     layout, platform: see :func:`~fusionjax.train.make_trainer`. The resolved
       layout is printed, written into every log record and into the
@@ -190,23 +241,51 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
 
   position = {"epoch": 0, "batch": 0}
   history = []
-  if ckpt is not None and resume and ckpt.latest_step() is not None:
-    saved_layout = ckpt.meta().get("layout")
+  config = _run_config(ensemble, state, batch_size=batch_size, regime=regime,
+                       bagging=bagging, seed=seed)
+  elapsed0, last_loss = 0.0, None
+  restored = None
+  log_exists = bool(log_path) and os.path.exists(log_path)
+
+  def check_meta(step, meta):
+    saved_layout = meta.get("layout")
     if saved_layout is not None and saved_layout != trainer.layout:
       raise errors.LayoutMismatchError(
-          f"The checkpoint in {ckpt.directory!r} (step {ckpt.latest_step()}) was trained "
+          f"The checkpoint in {ckpt.directory!r} (step {step}) was trained "
           f"with layout {saved_layout!r}, but this run's trainer has layout "
           f"{trainer.layout!r}. Fix: pass layout={saved_layout!r} to resume it, or start "
           "a fresh run in another ckpt_dir.")
-    state, position = ckpt.restore(state)
-    if log_path and os.path.exists(log_path):
-      with open(log_path) as f:
-        history = [json.loads(line) for line in f if line.strip()]
-      history = [h for h in history if h.get("step", 0) <= int(state.step)]
-      with open(log_path, "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
-  elif log_path and os.path.exists(log_path):
-    os.remove(log_path)
+    saved_cfg = meta.get("config")
+    if saved_cfg is not None and saved_cfg != config:
+      diffs = [f"{k} ({_first_difference(saved_cfg.get(k), config.get(k))})"
+               for k in sorted(set(saved_cfg) | set(config))
+               if saved_cfg.get(k) != config.get(k)]
+      raise errors.RunConfigMismatchError(
+          f"The checkpoint in {ckpt.directory!r} (step {step}) was written by a run with "
+          f"another configuration: {'; '.join(diffs)}. Fix: pass the saved values to "
+          "resume it, or start a fresh run in another ckpt_dir.")
+
+  if ckpt is not None:
+    if not resume and ckpt.latest_step() is not None:
+      raise errors.ExistingRunError(
+          f"fit(resume=False): {ckpt.directory!r} holds checkpoints (newest: step "
+          f"{ckpt.latest_step()}) of another run; starting over there would mix the two "
+          "runs. Fix: pass resume=True to continue it, or another ckpt_dir for a new run.")
+    if resume:
+      restored = ckpt.restore_newest(state, check_meta)
+  if log_exists and restored is None and (ckpt is not None or not resume):
+    raise errors.ExistingRunError(
+        f"fit: the log {log_path!r} exists but this run does not resume the run that "
+        f"wrote it ({'resume=False' if not resume else 'no checkpoint in ' + repr(ckpt.directory)}"
+        "); fusionjax never deletes a log. Fix: pass another log_path (or delete that "
+        "file yourself), or resume=True with the run's ckpt_dir.")
+  if restored is not None:
+    _, state, position, meta = restored
+    history = list(meta.get("history") or [])
+    elapsed0 = float(meta.get("elapsed") or 0.0)
+    last_loss = meta.get("last_loss")
+    if log_path:
+      _write_log(log_path, history)
 
   stop = {"signal": None}
   old_handlers = {}
@@ -227,7 +306,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
                dynamic_ncols=True, leave=False)
 
   pending = []
-  last_logs = {"value": None}
+  last_logs = {"loss": last_loss}
   frozen = np.zeros(ensemble.size, bool)
 
   def sync():
@@ -237,7 +316,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
       return None
     logs = jax.device_get(pending)
     pending = []
-    last_logs["value"] = logs[-1][1]
+    last_logs["loss"] = float(logs[-1][1]["loss"])
     for step_no, log in logs:
       bad = ~np.asarray(log["finite"])
       if bad.any():
@@ -254,12 +333,14 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
       bar.set_postfix(loss=f"{float(logs[-1][1]['loss']):.4f}")
     return logs[-1][1]
 
-  saved = {"step": ckpt.latest_step() if ckpt is not None else None}
+  saved = {"step": restored[0] if restored is not None else None}
 
   def checkpoint():
     if ckpt is not None and saved["step"] != step_no:
       sync()  # never write a state the non-finite policy has not cleared
-      ckpt.save(step_no, state, position, {"layout": trainer.layout})
+      ckpt.save(step_no, state, position,
+                {"layout": trainer.layout, "config": config, "history": history,
+                 "elapsed": elapsed0 + time.time() - t0, "last_loss": last_logs["loss"]})
       saved["step"] = step_no
 
   status = "done"
@@ -270,6 +351,8 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
       epoch = position["epoch"]
       order = _epoch_order(seed, epoch, n)
       for b in range(position["batch"], steps_per_epoch):
+        if max_steps and step_no >= max_steps:  # a total, over resumed runs too
+          break
         sl = order[b * batch_size:(b + 1) * batch_size]
         if boot is not None:
           idx = boot[:, sl]
@@ -286,32 +369,32 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
           bar.update(1)
         if len(pending) >= sync_every:
           sync()
-        if ckpt_every and step_no % ckpt_every == 0:
-          checkpoint()
+        ending = (b + 1 == steps_per_epoch or stop["signal"] is not None
+                  or (max_steps and step_no >= max_steps))
+        if ckpt_every and step_no % ckpt_every == 0 and not ending:
+          checkpoint()  # (an ending step is checkpointed below, with its record)
         if stop["signal"] is not None or (max_steps and step_no >= max_steps):
           break
       sync()
-      last = last_logs["value"]
       if stop["signal"] is not None:
         checkpoint()
         status = "interrupted"
         break
       if position["batch"] >= steps_per_epoch:
         position = {"epoch": epoch + 1, "batch": 0}
-      record = {"epoch": epoch + 1 if position["batch"] == 0 else epoch,
-                "step": step_no, "time": time.time() - t0, "layout": trainer.layout,
-                "train_loss": float(last["loss"]) if last is not None else None,
-                "frozen_members": np.flatnonzero(
-                    frozen | np.asarray(jax.device_get(state.frozen))).tolist()}
-      for name, (xe, ye) in eval_arrays.items():
-        for k, v in evaluate(predict, state, xe, ye).items():
-          record[f"{name}/{k}"] = v
-      history.append(record)
+      if all(h.get("step") != step_no for h in history):  # records are keyed by step
+        record = {"epoch": epoch + 1 if position["batch"] == 0 else epoch,
+                  "step": step_no, "time": elapsed0 + time.time() - t0,
+                  "layout": trainer.layout, "train_loss": last_logs["loss"],
+                  "frozen_members": np.flatnonzero(
+                      frozen | np.asarray(jax.device_get(state.frozen))).tolist()}
+        for name, (xe, ye) in eval_arrays.items():
+          for k, v in evaluate(predict, state, xe, ye).items():
+            record[f"{name}/{k}"] = v
+        history.append(record)
+      checkpoint()  # the record is in its meta before it is in the log
       if log_path:
-        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-        with open(log_path, "a") as f:
-          f.write(json.dumps(record) + "\n")
-      checkpoint()
+        _write_log(log_path, history)
       if max_steps and step_no >= max_steps:
         break
   finally:
