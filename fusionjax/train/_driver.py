@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
 
 import jax
@@ -279,6 +280,16 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
         f"wrote it ({'resume=False' if not resume else 'no checkpoint in ' + repr(ckpt.directory)}"
         "); fusionjax never deletes a log. Fix: pass another log_path (or delete that "
         "file yourself), or resume=True with the run's ckpt_dir.")
+  if log_exists and restored is None:
+    # No ckpt_dir, resume=True: nothing to resume, so this is a new run; the
+    # earlier run's log is moved aside, never overwritten.
+    stem, ext = os.path.splitext(log_path)
+    k = 1
+    while os.path.exists(f"{stem}.{k}{ext}"):
+      k += 1
+    os.replace(log_path, f"{stem}.{k}{ext}")
+    warnings.warn(f"fit: {log_path!r} held an earlier run's log and there is no ckpt_dir "
+                  f"to resume that run from; it was moved to {stem}.{k}{ext!s}.")
   if restored is not None:
     _, state, position, meta = restored
     history = list(meta.get("history") or [])

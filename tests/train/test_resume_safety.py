@@ -209,3 +209,23 @@ def test_max_steps_is_a_total_over_reruns(tmp_path):
     res = _fit(tmp_path, max_steps=3)
     assert int(res.state.step) == 3
   assert [r["step"] for r in _log(tmp_path)] == [3]
+
+
+def test_a_new_run_without_ckpt_dir_moves_the_old_log_aside(tmp_path):
+  """No checkpoint to resume from: the earlier log is kept (log.1.jsonl), not overwritten."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype(np.float32)
+  y = (np.arange(32) % 10).astype(np.int32)
+  ens = fj.ensemble.from_linen(fj.models.MLP(10, (8,)), 2)
+  log = tmp_path / "log.jsonl"
+  run = lambda epochs: fj.train.fit(ens, optax.adam(1e-2), (x, y), key=jax.random.key(0),
+                                    epochs=epochs, batch_size=16, progress=False,
+                                    log_path=str(log))
+  run(1)
+  first = log.read_text()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    run(2)
+  assert any("moved to" in str(w.message) for w in caught)
+  assert (tmp_path / "log.1.jsonl").read_text() == first
+  assert len(log.read_text().splitlines()) == 2
