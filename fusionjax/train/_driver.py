@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from fusionjax import _validate, errors
 from fusionjax.data import bootstrap
@@ -120,6 +121,14 @@ def _first_difference(saved, now) -> str:
   return f"saved {saved!r}, now {now!r}"
 
 
+def _host(x) -> np.ndarray:
+  """``x`` on the host; a global array spread over several processes is gathered first."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def _write_log(log_path: str, history: list) -> None:
   """Rewrites the JSON-lines log from ``history`` (atomic: write, then rename)."""
   os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
@@ -217,6 +226,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
   steps_per_epoch = n // batch_size
   ckpt = Checkpointer(ckpt_dir) if ckpt_dir else None
 
+  writes = jax.process_index() == 0  # one process writes the log and prints
   k_init, k_bag = jax.random.split(key)
   trainer = make_trainer(ensemble, tx, fusion=fusion, regime=regime, lam=lam,
                          fusion_tx=fusion_tx, per_member=bagging, mesh=mesh, layout=layout,
@@ -236,7 +246,15 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
     state = _sharding.shard_state(state, mesh, ensemble)
   step_fn = trainer.step
   predict = make_predictor(ensemble, fusion, platform=platform).predict
-  if progress:
+  if mesh is not None:
+    # On a mesh (one or several processes) the outputs are replicated, so every
+    # process computes the same metrics from the whole evaluation set.
+    replicated = NamedSharding(mesh, PartitionSpec())
+    sharded_predict = jax.jit(
+        make_predictor(ensemble, fusion, layout="vmap", platform=platform, jit=False).predict,
+        out_shardings=replicated)
+    predict = lambda s, xb: sharded_predict(s, _sharding.put(jnp.asarray(xb), replicated))
+  if progress and writes:
     print(f"fusionjax.fit: {ensemble.size} members, layout {trainer.layout}", flush=True)
   boot = bootstrap(k_bag, n, ensemble.size) if bagging else None
 
@@ -280,7 +298,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
         f"wrote it ({'resume=False' if not resume else 'no checkpoint in ' + repr(ckpt.directory)}"
         "); fusionjax never deletes a log. Fix: pass another log_path (or delete that "
         "file yourself), or resume=True with the run's ckpt_dir.")
-  if log_exists and restored is None:
+  if log_exists and restored is None and writes:
     # No ckpt_dir, resume=True: nothing to resume, so this is a new run; the
     # earlier run's log is moved aside, never overwritten.
     stem, ext = os.path.splitext(log_path)
@@ -295,7 +313,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
     history = list(meta.get("history") or [])
     elapsed0 = float(meta.get("elapsed") or 0.0)
     last_loss = meta.get("last_loss")
-    if log_path:
+    if log_path and writes:
       _write_log(log_path, history)
 
   stop = {"signal": None}
@@ -398,13 +416,13 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
                   "step": step_no, "time": elapsed0 + time.time() - t0,
                   "layout": trainer.layout, "train_loss": last_logs["loss"],
                   "frozen_members": np.flatnonzero(
-                      frozen | np.asarray(jax.device_get(state.frozen))).tolist()}
+                      frozen | _host(state.frozen)).tolist()}
         for name, (xe, ye) in eval_arrays.items():
           for k, v in evaluate(predict, state, xe, ye).items():
             record[f"{name}/{k}"] = v
         history.append(record)
       checkpoint()  # the record is in its meta before it is in the log
-      if log_path:
+      if log_path and writes:
         _write_log(log_path, history)
       if max_steps and step_no >= max_steps:
         break

@@ -1,4 +1,5 @@
 """The same step on 8 simulated devices, and on 2 processes, equals 1 device."""
+import json
 import os
 import socket
 import subprocess
@@ -129,3 +130,35 @@ print(logs["member_loss"].shape)
 """
   out = run_python(code, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert "(4,)" in out
+
+
+@pytest.mark.slow
+def test_two_process_fit_evaluates_and_logs_once(tmp_path):
+  """fit over 2 processes with eval sets: each process gets the whole-set metrics of the
+  1-process run (they crashed with a bare AssertionError), and the log is process 0's alone."""
+  worker = str(ROOT / "tests" / "train" / "_multihost_fit_worker.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  ref_dir, got_dir = tmp_path / "ref", tmp_path / "got"
+  ref_dir.mkdir()
+  got_dir.mkdir()
+  subprocess.run([sys.executable, worker, "-1", "1", "0", str(ref_dir)], env=env, check=True,
+                 timeout=240, capture_output=True)
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, worker, str(i), "2", str(port), str(got_dir)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "layout")} for r in rows]
+  ref = [json.loads(l) for l in (ref_dir / "log.jsonl").read_text().splitlines()]
+  got = [json.loads(l) for l in (got_dir / "log.jsonl").read_text().splitlines()]
+  assert len(got) == len(ref) == 2, got  # one line per epoch: process 0 alone wrote it
+  for a, b in zip(strip(ref), strip(got)):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(np.asarray(b[k], float), np.asarray(a[k], float), rtol=1e-4,
+                                 atol=1e-5, err_msg=k)
+  for out in outs:  # every process returned the same history
+    hist = json.loads(out.split("history=", 1)[1].strip().splitlines()[0])
+    assert strip(hist) == strip(got)
