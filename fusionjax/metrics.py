@@ -18,6 +18,13 @@ Conventions shared by every function here:
 * **mask** ``[B]`` (bool or 0/1) marks the real rows; padded rows of a last
   batch (``mask == 0``) are excluded from every average, and their labels and
   outputs may hold anything (even NaN).
+* **Detection, selective and regression metrics** (:func:`auroc`, :func:`aupr`,
+  :func:`fpr_at_tpr`, :func:`risk_coverage`, :func:`aurc`, :func:`gaussian_nll`,
+  :func:`crps_gaussian`, :func:`interval_coverage`) take per-example scores or
+  predictions and no mask. The uncertainty scores (:func:`max_prob`,
+  :func:`margin`, :func:`entropy`, :func:`uncertainty_decomposition`) are per
+  example ``[B]`` and **higher means more uncertain**, so ``auroc(is_ood,
+  entropy(member_logits))`` reads directly.
 * Every public function validates its inputs in Python and then calls a
   ``jax.jit``-compiled kernel, so calling it eagerly is fast and wrapping it in
   your own ``jax.jit`` works too (the validation then sees tracers and only
@@ -50,6 +57,9 @@ __all__ = [
     "predictive_entropy", "expected_entropy", "mutual_information", "oracle_accuracy",
     "Decomposition", "ambiguity_decomposition", "brier_decomposition", "nll_decomposition",
     "summary", "member_summary",
+    "auroc", "aupr", "fpr_at_tpr", "max_prob", "margin", "entropy",
+    "UncertaintyDecomposition", "uncertainty_decomposition", "risk_coverage", "aurc",
+    "gaussian_nll", "crps_gaussian", "interval_coverage",
 ]
 
 
@@ -1028,3 +1038,602 @@ def member_summary(member_logits: Array, labels: Array, mask: Optional[Array] = 
   num_bins = _check_bins(num_bins, "member_summary")
   x, labels, mask = _prep(member_logits, labels, mask, "member_summary", member=True)
   return _member_summary(x, labels, mask, num_bins)
+
+
+# --------------------------------------------------------------------------
+# detection (OOD / misclassification): AUROC, AUPR, FPR at a TPR
+# --------------------------------------------------------------------------
+def _check_prob(value, name: str, fn: str, *, low_open: bool = False,
+                high_open: bool = False) -> float:
+  """A Python float in ``[0, 1]`` (ends open where asked) or ThresholdError."""
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    v = float("nan")
+  ok = (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
+  if not ok:
+    interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+    raise errors.ThresholdError(
+        f"{fn}: {name}={value!r} is outside {interval}. Fix: pass a fraction in "
+        f"{interval}, e.g. {name}=0.95.")
+  return v
+
+
+def _check_binary(y_true, scores, fn: str):
+  """``y_true [N]`` in {0, 1} and ``scores [N]`` float -> (y as float32, scores)."""
+  scores = _as_float(scores)
+  y = y_true if isinstance(y_true, jax.Array) else np.asarray(y_true)
+  if y.ndim != 1 or scores.shape != y.shape:
+    raise errors.BatchShapeError(
+        f"{fn}: y_true has shape {tuple(y.shape)} and scores {tuple(scores.shape)}; both "
+        "must be one-dimensional [N], one score per example. Fix: pass y_true.ravel() and "
+        "scores.ravel() of the same length.")
+  if y.shape[0] == 0:
+    raise errors.EmptySplitError(f"{fn}: got no examples (N=0). Fix: check the split.")
+  value = _concrete(y)
+  if value is None:
+    return y.astype(jnp.float32), scores
+  bad = sorted(set(np.unique(value).tolist()) - {0, 1, False, True})
+  if bad:
+    raise errors.LabelError(
+        f"{fn}: y_true must be binary (0/1 or bool); got the values {bad[:5]}"
+        f"{'...' if len(bad) > 5 else ''}. Fix: pass y_true = (labels == positive_class).")
+  n_pos = int(np.sum(value == 1))
+  if n_pos in (0, value.shape[0]):
+    raise errors.LabelError(
+        f"{fn}: y_true holds only {'positives' if n_pos else 'negatives'} ({value.shape[0]} "
+        "rows); the metric needs both classes. Fix: evaluate on a set with both "
+        "in-distribution (0) and positive (1) examples.")
+  return value.astype(np.float32), scores
+
+
+def _binary_curve(y, scores):
+  """Cumulative (tps, fps) at every row in decreasing-score order, tied scores grouped.
+
+  Row ``i`` of the sorted order carries the counts at the *end* of its group of
+  equal scores, so the sequence is sklearn's ``roc_curve(drop_intermediate=False)``
+  with each point repeated once per tied row (repeats add nothing to an area).
+  Also returns ``ok``: False when a traced ``y`` is not binary or has one class only.
+  """
+  order = jnp.argsort(-scores, stable=True)
+  s, ys = scores[order], y[order]
+  tps = jnp.cumsum(ys)
+  fps = jnp.arange(1, s.shape[0] + 1, dtype=tps.dtype) - tps
+  new = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
+  gid = jnp.cumsum(new) - 1                                    # group of each sorted row
+  last = jnp.concatenate([s[1:] != s[:-1], jnp.ones((1,), bool)])
+  n = s.shape[0]
+  end_idx = jax.ops.segment_max(jnp.where(last, jnp.arange(n), -1), gid, num_segments=n)
+  end = end_idx[gid]
+  n_pos = tps[-1]
+  ok = jnp.all((y == 0) | (y == 1)) & (n_pos > 0) & (n_pos < n)
+  return tps[end], fps[end], n_pos, n - n_pos, ok
+
+
+@jax.jit
+def _auroc(y, scores):
+  tps, fps, p, q, ok = _binary_curve(y, scores)
+  # Trapezoids in counts (integers, exact while below 2**24), one division at the end.
+  tps = jnp.concatenate([jnp.zeros((1,), tps.dtype), tps])
+  fps = jnp.concatenate([jnp.zeros((1,), fps.dtype), fps])
+  area = jnp.sum((fps[1:] - fps[:-1]) * (tps[1:] + tps[:-1])) / (2 * p * q)
+  return jnp.where(ok, area, jnp.nan)
+
+
+@jax.jit
+def _aupr(y, scores):
+  tps, fps, p, _, ok = _binary_curve(y, scores)
+  step = tps - jnp.concatenate([jnp.zeros((1,), tps.dtype), tps[:-1]])   # R_n - R_{n-1}, times p
+  precision = tps / (tps + fps)
+  return jnp.where(ok, jnp.sum(step * precision) / p, jnp.nan)
+
+
+@jax.jit
+def _fpr_at_tpr(y, scores, tpr):
+  tps, fps, p, q, ok = _binary_curve(y, scores)
+  reached = tps / p >= tpr
+  value = jnp.min(jnp.where(reached, fps / q, jnp.inf))   # fpr only grows along the curve
+  value = jnp.where(tpr <= 0, 0.0, value)                  # the curve's first point (0, 0)
+  return jnp.where(ok, value, jnp.nan)
+
+
+def auroc(y_true: Array, scores: Array) -> Array:
+  """Area under the ROC curve, equal to ``sklearn.metrics.roc_auc_score``.
+
+  The ROC curve runs over every distinct score (tied scores form one point)
+  and its area is taken with the trapezoidal rule, which equals the
+  Mann-Whitney U statistic ``P(s_pos > s_neg) + P(s_pos == s_neg) / 2``.
+
+  For OOD detection pass ``y_true = is_ood`` and an **uncertainty** score
+  (higher = more uncertain, see :func:`entropy`); for misclassification
+  detection ``y_true = is_wrong``.
+
+  Args:
+    y_true: binary labels ``[N]`` (0/1 or bool); 1 is the positive class.
+    scores: ``[N]``; a higher score means "more likely positive".
+
+  Returns:
+    A scalar in ``[0, 1]`` (0.5 for random scores). Under ``jit`` a ``y_true``
+    that is not binary or holds one class only gives NaN (eagerly:
+    :class:`~fusionjax.errors.LabelError`).
+
+  Example:
+    >>> auroc(jnp.array([0, 0, 1, 1]), jnp.array([0.1, 0.4, 0.35, 0.8]))
+    Array(0.75, dtype=float32)
+    >>> in_logits = jnp.array([[4., 0., 0.], [3., 1., 0.]])    # confident
+    >>> ood_logits = jnp.array([[1., 1., 0.], [0., 0., 0.]])   # unsure
+    >>> is_ood = jnp.array([0, 0, 1, 1])
+    >>> auroc(is_ood, entropy(jnp.concatenate([in_logits, ood_logits])))
+    Array(1., dtype=float32)
+
+  References:
+    Fawcett, T. (2006). An introduction to ROC analysis. Pattern Recognition
+    Letters. Hendrycks, D. & Gimpel, K. (2017). A baseline for detecting
+    misclassified and out-of-distribution examples in neural networks. ICLR.
+  """
+  y, scores = _check_binary(y_true, scores, "auroc")
+  return _auroc(y, scores)
+
+
+def aupr(y_true: Array, scores: Array) -> Array:
+  """Area under the precision-recall curve as average precision, equal to
+  ``sklearn.metrics.average_precision_score``.
+
+  ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct scores in decreasing
+  order (tied scores form one threshold), ``R_0 = 0``: a step function, not the
+  trapezoidal rule. The positive class is ``y_true == 1`` ("AUPR-In" / "AUPR-Out"
+  are this with ``y_true`` and the sign of the score chosen accordingly).
+
+  Args:
+    y_true: binary labels ``[N]`` (0/1 or bool); 1 is the positive class.
+    scores: ``[N]``; a higher score means "more likely positive".
+
+  Returns:
+    A scalar in ``[0, 1]``; NaN under ``jit`` for a non-binary or one-class
+    ``y_true`` (eagerly: :class:`~fusionjax.errors.LabelError`).
+
+  Example:
+    >>> aupr(jnp.array([0, 0, 1, 1]), jnp.array([0.1, 0.4, 0.35, 0.8]))
+    Array(0.8333334, dtype=float32)
+
+  References:
+    Manning, Raghavan & Schuetze (2008). Introduction to Information Retrieval,
+    ch. 8 (average precision). Davis, J. & Goadrich, M. (2006). The
+    relationship between precision-recall and ROC curves. ICML.
+  """
+  y, scores = _check_binary(y_true, scores, "aupr")
+  return _aupr(y, scores)
+
+
+def fpr_at_tpr(y_true: Array, scores: Array, tpr: float = 0.95) -> Array:
+  """False-positive rate at the first ROC point whose true-positive rate reaches ``tpr``.
+
+  The ROC points are ``sklearn.metrics.roc_curve(y_true, scores,
+  drop_intermediate=False)``'s: ``(0, 0)`` and then one point per distinct
+  score in decreasing order (tied scores form one point). The result is the
+  FPR of the first of them with ``TPR >= tpr`` (FPR95 for ``tpr=0.95``).
+
+  With ``y_true = is_ood`` and an uncertainty score this is "the fraction of
+  in-distribution examples flagged when 95% of OOD ones are caught"; the
+  more common OOD convention (in-distribution positive, confidence score) is
+  ``fpr_at_tpr(1 - is_ood, -uncertainty)``.
+
+  Args:
+    y_true: binary labels ``[N]`` (0/1 or bool); 1 is the positive class.
+    scores: ``[N]``; a higher score means "more likely positive".
+    tpr: the true-positive rate to reach, in ``[0, 1]``.
+
+  Returns:
+    A scalar in ``[0, 1]``; NaN under ``jit`` for a non-binary or one-class
+    ``y_true`` (eagerly: :class:`~fusionjax.errors.LabelError`).
+
+  Raises:
+    ThresholdError: ``tpr`` outside ``[0, 1]``.
+
+  Example:
+    >>> fpr_at_tpr(jnp.array([0, 0, 1, 1]), jnp.array([0.1, 0.4, 0.35, 0.8]), tpr=1.0)
+    Array(0.5, dtype=float32)
+
+  References:
+    Liang, S., Li, Y. & Srikant, R. (2018). Enhancing the reliability of
+    out-of-distribution image detection in neural networks (ODIN). ICLR.
+  """
+  if not isinstance(tpr, jax.core.Tracer):
+    tpr = _check_prob(tpr, "tpr", "fpr_at_tpr")
+  y, scores = _check_binary(y_true, scores, "fpr_at_tpr")
+  return _fpr_at_tpr(y, scores, jnp.asarray(tpr, scores.dtype))
+
+
+# --------------------------------------------------------------------------
+# uncertainty scores (higher = more uncertain) and their decomposition
+# --------------------------------------------------------------------------
+def _prep_scores(outputs, fn: str) -> Array:
+  x = _check_outputs(outputs, fn)
+  if x.ndim not in (2, 3):
+    raise errors.MemberOutputsError(
+        f"{fn} expects member outputs [M, B, C] or fused log-probabilities [B, C]; got "
+        f"shape {tuple(x.shape)}. Fix: stack members on the first axis, or fuse them first.")
+  return x
+
+
+def _mean_prediction(x: Array) -> Array:
+  """``[M, B, C]`` -> log of the mean member probability; ``[B, C]`` -> log_softmax."""
+  lp = jax.nn.log_softmax(x, axis=-1)
+  return _mean_log_probs(lp) if x.ndim == 3 else lp
+
+
+@jax.jit
+def _max_prob_score(x):
+  return 1.0 - jnp.exp(jnp.max(_mean_prediction(x), axis=-1))
+
+
+@jax.jit
+def _margin_score(x):
+  if x.shape[-1] == 1:
+    return jnp.zeros(x.shape[-2], x.dtype)
+  top2 = jax.lax.top_k(jnp.exp(_mean_prediction(x)), 2)[0]
+  return 1.0 - (top2[..., 0] - top2[..., 1])
+
+
+@jax.jit
+def _entropy_score(x):
+  return _entropy(_mean_prediction(x))
+
+
+_SCORE_ARGS = """Args:
+    outputs: member logits or log-probabilities ``[M, B, C]`` (members combined
+      by the arithmetic mean of their probabilities) or fused log-probabilities
+      (or logits) ``[B, C]``."""
+
+
+def max_prob(outputs: Array) -> Array:
+  """Maximum-probability **uncertainty** score ``1 - max_c p_c`` (higher = more uncertain).
+
+  Every score function here (:func:`max_prob`, :func:`margin`, :func:`entropy`,
+  and ``mutual_information(..., per_example=True)``) follows one convention:
+  **higher means more uncertain**, i.e. more likely OOD or misclassified, so
+  ``auroc(is_ood, score)`` and ``auroc(is_wrong, score)`` read directly. The
+  confidence itself is ``1 - max_prob(outputs)``; ``1 -`` keeps the ranking
+  of torch-uncertainty's ``-max p`` criterion.
+
+  {args}
+
+  Returns:
+    ``[B]`` scores in ``[0, 1 - 1/C]``.
+
+  Example:
+    >>> [round(v, 4) for v in max_prob(jnp.log(jnp.array([[0.9, 0.1], [0.5, 0.5]]))).tolist()]
+    [0.1, 0.5]
+
+  References:
+    Hendrycks, D. & Gimpel, K. (2017). A baseline for detecting misclassified
+    and out-of-distribution examples in neural networks. ICLR.
+  """
+  return _max_prob_score(_prep_scores(outputs, "max_prob"))
+
+
+def margin(outputs: Array) -> Array:
+  """Margin **uncertainty** score ``1 - (p_(1) - p_(2))`` (higher = more uncertain).
+
+  ``p_(1)`` and ``p_(2)`` are the largest and second-largest class probabilities
+  of the (mean) prediction; a single class (C=1) gives 0. See :func:`max_prob`
+  for the sign convention.
+
+  {args}
+
+  Returns:
+    ``[B]`` scores in ``[0, 1]``.
+
+  Example:
+    >>> margin(jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.4, 0.4, 0.2]])))
+    Array([0.5, 1. ], dtype=float32)
+
+  References:
+    Scheffer, T., Decomain, C. & Wrobel, S. (2001). Active hidden Markov models
+    for information extraction (margin sampling). IDA.
+  """
+  return _margin_score(_prep_scores(outputs, "margin"))
+
+
+def entropy(outputs: Array) -> Array:
+  """Entropy (nats) of the mean prediction per example: an uncertainty score.
+
+  For member outputs this is the *total* uncertainty ``H[mean_m p_m]``
+  (:func:`predictive_entropy` per row); higher = more uncertain (see
+  :func:`max_prob`). The epistemic part is
+  ``mutual_information(member_logits, per_example=True)``.
+
+  {args}
+
+  Returns:
+    ``[B]`` scores in ``[0, log C]``.
+
+  Example:
+    >>> member_logits = jax.random.normal(jax.random.key(0), (4, 6, 3))
+    >>> is_ood = jnp.array([0, 0, 0, 1, 1, 1])
+    >>> float(auroc(is_ood, entropy(member_logits))) <= 1.0
+    True
+    >>> entropy(jnp.log(jnp.array([[0.5, 0.5]])))
+    Array([0.6931472], dtype=float32)
+
+  References:
+    Shannon (1948); Lakshminarayanan, B., Pritzel, A. & Blundell, C. (2017).
+    Simple and scalable predictive uncertainty estimation using deep
+    ensembles. NeurIPS.
+  """
+  return _entropy_score(_prep_scores(outputs, "entropy"))
+
+
+for _f in (max_prob, margin, entropy):
+  _f.__doc__ = _f.__doc__.replace("{args}", _SCORE_ARGS)
+del _f
+
+
+class UncertaintyDecomposition(NamedTuple):
+  """Per-example ``total == aleatoric + epistemic`` (nats, up to float rounding)."""
+  total: Array       #: ``[B]`` entropy of the mean prediction ``H[mean_m p_m]``
+  aleatoric: Array   #: ``[B]`` mean member entropy ``mean_m H[p_m]``
+  epistemic: Array   #: ``[B]`` mutual information ``total - aleatoric >= 0``
+
+
+def uncertainty_decomposition(member_logits: Array) -> UncertaintyDecomposition:
+  """Splits each example's total predictive entropy into aleatoric and epistemic parts.
+
+  ``total = H[mean_m p_m]``, ``aleatoric = mean_m H[p_m]`` and ``epistemic =
+  total - aleatoric`` (the mutual information between the prediction and the
+  member, >= 0 by Jensen's inequality; tiny negative values are rounding).
+
+  Args:
+    member_logits: member logits or log-probabilities ``[M, B, C]``.
+
+  Returns:
+    An :class:`UncertaintyDecomposition` of three ``[B]`` arrays.
+
+  Example:
+    >>> two = jnp.log(jnp.array([[[1.0, 0.0]], [[0.0, 1.0]]]))  # confident, disagreeing
+    >>> u = uncertainty_decomposition(two)
+    >>> u.total, u.aleatoric, u.epistemic
+    (Array([0.6931472], dtype=float32), Array([0.], dtype=float32), Array([0.6931472], dtype=float32))
+
+  References:
+    Depeweg, S. et al. (2018). Decomposition of uncertainty in Bayesian deep
+    learning for efficient and risk-sensitive learning. ICML. Houlsby et al.
+    (2011) (BALD).
+  """
+  x, mask = _prep_members(member_logits, None, "uncertainty_decomposition")
+  e = _entropies(x, mask)
+  return UncertaintyDecomposition(e["predictive"][0], e["expected"][0], e["mi"][0])
+
+
+# --------------------------------------------------------------------------
+# selective classification: risk-coverage curve and AURC
+# --------------------------------------------------------------------------
+@jax.jit
+def _risk_coverage(x, labels, confidence):
+  lp = jax.nn.log_softmax(x, axis=-1)
+  if confidence is None:
+    confidence = jnp.max(lp, axis=-1)          # log of the max probability: same order
+  wrong = (jnp.argmax(lp, axis=-1) != labels).astype(jnp.float32)
+  n = wrong.shape[0]
+  order = jnp.argsort(-confidence, stable=True)
+  c, e = confidence[order], wrong[order]
+  gid = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), c[1:] != c[:-1]])) - 1
+  size = jax.ops.segment_sum(jnp.ones_like(e), gid, num_segments=n)
+  err = jax.ops.segment_sum(e, gid, num_segments=n)
+  start = (jnp.cumsum(size) - size)[gid]                 # rows more confident than the group
+  err_before = (jnp.cumsum(err) - err)[gid]
+  k = jnp.arange(1, n + 1, dtype=jnp.float32)
+  # Within a group of tied confidences the errors are spread evenly: the
+  # expected risk over every order of the tied rows.
+  risk = (err_before + (k - start) * err[gid] / size[gid]) / k
+  ok = jnp.all((labels >= 0) & (labels < x.shape[-1]))
+  return k / n, jnp.where(ok, risk, jnp.nan)
+
+
+@jax.jit
+def _aurc(x, labels, confidence):
+  return jnp.mean(_risk_coverage(x, labels, confidence)[1])
+
+
+def _prep_selective(log_probs, labels, confidence, fn):
+  x = _check_outputs(log_probs, fn)
+  if x.ndim != 2:
+    raise errors.MemberOutputsError(
+        f"{fn} expects one predictor's log-probabilities [B, C]; got shape "
+        f"{tuple(x.shape)}. Fix: fuse the members first (e.g. fusionjax.fusion's mean) "
+        "or pass one member's outputs.")
+  batch = x.shape[0]
+  labels = _check_labels(labels, batch, x.shape[-1], np.ones((batch,), np.float32), fn)
+  if confidence is not None:
+    confidence = _as_float(confidence)
+    if confidence.shape != (batch,):
+      raise errors.BatchShapeError(
+          f"{fn}: confidence has shape {tuple(confidence.shape)} but the outputs have "
+          f"B={batch} rows. Fix: pass one confidence per row, shape [{batch}] (higher = "
+          "more confident, e.g. -entropy(log_probs)).")
+  return x, labels, confidence
+
+
+def risk_coverage(log_probs: Array, labels: Array, confidence: Optional[Array] = None):
+  """Risk-coverage curve of selective classification.
+
+  Rows are sorted by decreasing ``confidence``; at coverage ``k / B`` the
+  classifier answers the ``k`` most confident rows and the risk is the top-1
+  error rate among them, for ``k = 1..B``. **Ties**: rows with equal
+  confidence cannot be ordered, so within a tie group the errors are spread
+  evenly (the risk is its expectation over every order of the tied rows);
+  at the end of a group this is the group's exact error rate.
+
+  Args:
+    log_probs: logits or log-probabilities ``[B, C]`` of one predictor (fuse
+      members first).
+    labels: integer labels ``[B]`` in ``[0, C)``.
+    confidence: optional ``[B]``, higher = more confident; defaults to the
+      maximum probability (softmax response). From an uncertainty score pass
+      its negative, e.g. ``-entropy(log_probs)``.
+
+  Returns:
+    ``(coverage, risk)``, both ``[B]``: ``coverage = k / B`` and ``risk[k-1]``.
+
+  Example:
+    >>> lp = jnp.log(jnp.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]))
+    >>> coverage, risk = risk_coverage(lp, jnp.array([0, 1, 1]))
+    >>> risk
+    Array([0.        , 0.        , 0.33333334], dtype=float32)
+
+  References:
+    El-Yaniv, R. & Wiener, Y. (2010). On the foundations of noise-free
+    selective classification. JMLR. Geifman, Y. & El-Yaniv, R. (2017).
+    Selective classification for deep neural networks. NeurIPS.
+  """
+  return _risk_coverage(*_prep_selective(log_probs, labels, confidence, "risk_coverage"))
+
+
+def aurc(log_probs: Array, labels: Array, confidence: Optional[Array] = None) -> Array:
+  """Area under the risk-coverage curve: ``AURC = (1/B) sum_{k=1}^{B} risk_k``.
+
+  ``risk_k`` is :func:`risk_coverage`'s risk at coverage ``k / B`` (ties in
+  confidence spread evenly), so AURC is the mean of the selective risks over
+  the ``B`` coverages, as defined by Geifman et al. (2019). Lower is better;
+  a perfect ranking of a classifier with error rate ``r`` gets
+  ``r + (1 - r) log(1 - r)`` (the "optimal" AURC behind E-AURC).
+
+  Args:
+    log_probs: logits or log-probabilities ``[B, C]`` of one predictor.
+    labels: integer labels ``[B]`` in ``[0, C)``.
+    confidence: optional ``[B]``, higher = more confident (default: max
+      probability).
+
+  Returns:
+    A scalar in ``[0, 1]``.
+
+  Example:
+    >>> lp = jnp.log(jnp.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]))
+    >>> round(float(aurc(lp, jnp.array([0, 1, 1]))), 4)   # mean of (0, 0, 1/3)
+    0.1111
+
+  References:
+    Geifman, Y., Uziel, G. & El-Yaniv, R. (2019). Bias-reduced uncertainty
+    estimation for deep neural classifiers. ICLR.
+  """
+  return _aurc(*_prep_selective(log_probs, labels, confidence, "aurc"))
+
+
+# --------------------------------------------------------------------------
+# regression: Gaussian NLL, CRPS, interval coverage
+# --------------------------------------------------------------------------
+def _prep_regression(mean, spread, y, spread_name: str, fn: str):
+  mean, spread, y = _as_float(mean), _as_float(spread), _as_float(y)
+  if y.shape != mean.shape or spread.shape not in ((), mean.shape):
+    raise errors.BatchShapeError(
+        f"{fn}: mean has shape {tuple(mean.shape)}, {spread_name} {tuple(spread.shape)} "
+        f"and y {tuple(y.shape)}. Fix: pass y with mean's shape and {spread_name} with "
+        "that shape too (or a scalar for a shared one); e.g. squeeze a trailing [B, 1].")
+  if mean.size == 0:
+    raise errors.EmptySplitError(f"{fn}: got no examples (shape {tuple(mean.shape)}).")
+  return mean, spread, y
+
+
+@jax.jit
+def _gaussian_nll(mean, var, y):
+  return jnp.mean(0.5 * jnp.log(2 * jnp.pi * var) + jnp.square(y - mean) / (2 * var))
+
+
+@jax.jit
+def _crps_gaussian(mean, std, y):
+  z = (y - mean) / std
+  pdf = jnp.exp(-0.5 * z * z) / jnp.sqrt(2 * jnp.pi)
+  cdf = jax.scipy.special.ndtr(z)
+  return jnp.mean(std * (z * (2 * cdf - 1) + 2 * pdf - 1 / jnp.sqrt(jnp.pi)))
+
+
+@jax.jit
+def _interval_coverage(mean, std, y, level):
+  half = jax.scipy.special.ndtri((1 + level) / 2) * std
+  return jnp.mean((jnp.abs(y - mean) <= half).astype(jnp.float32))
+
+
+def gaussian_nll(mean: Array, var: Array, y: Array) -> Array:
+  """Mean Gaussian negative log-likelihood ``0.5 log(2 pi var) + (y - mean)^2 / (2 var)``.
+
+  The average runs over every entry (all examples and outputs). ``var`` must be
+  positive; a zero or negative variance gives ``inf`` / NaN.
+
+  Args:
+    mean: predicted means, any shape.
+    var: predicted variances, ``mean``'s shape or a scalar.
+    y: targets, ``mean``'s shape.
+
+  Returns:
+    A scalar in nats.
+
+  Example:
+    >>> gaussian_nll(jnp.zeros(2), jnp.ones(2), jnp.array([0.0, 1.0]))   # 0.919 + 0.5/2
+    Array(1.1689385, dtype=float32)
+
+  References:
+    Nix, D. A. & Weigend, A. S. (1994). Estimating the mean and variance of the
+    target probability distribution. Lakshminarayanan et al. (2017).
+  """
+  return _gaussian_nll(*_prep_regression(mean, var, y, "var", "gaussian_nll"))
+
+
+def crps_gaussian(mean: Array, std: Array, y: Array) -> Array:
+  """Mean continuous ranked probability score of Gaussian predictions (closed form).
+
+  ``CRPS(N(mu, s^2), y) = s [z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)]`` with
+  ``z = (y - mu) / s``; in ``y``'s units, lower is better, and it tends to
+  ``|y - mu|`` as ``s -> 0``.
+
+  Args:
+    mean: predicted means, any shape.
+    std: predicted standard deviations (> 0), ``mean``'s shape or a scalar.
+    y: targets, ``mean``'s shape.
+
+  Returns:
+    A scalar, the mean over every entry.
+
+  Example:
+    >>> round(float(crps_gaussian(jnp.zeros(1), jnp.ones(1), jnp.zeros(1))), 4)
+    0.2337
+    >>> round((2 ** 0.5 - 1) / jnp.pi ** 0.5, 4)   # the closed form at z = 0
+    0.2337
+
+  References:
+    Gneiting, T., Raftery, A. E., Westveld, A. H. & Goldman, T. (2005).
+    Calibrated probabilistic forecasting using ensemble model output
+    statistics and minimum CRPS estimation. Monthly Weather Review.
+  """
+  return _crps_gaussian(*_prep_regression(mean, std, y, "std", "crps_gaussian"))
+
+
+def interval_coverage(mean: Array, std: Array, y: Array, level: float = 0.9) -> Array:
+  """Fraction of targets inside the central ``level`` interval of ``N(mean, std^2)``.
+
+  The interval is ``mean +- Phi^{-1}((1 + level) / 2) std`` (closed); a
+  calibrated model covers about ``level`` of the targets.
+
+  Args:
+    mean: predicted means, any shape.
+    std: predicted standard deviations (> 0), ``mean``'s shape or a scalar.
+    y: targets, ``mean``'s shape.
+    level: the interval's nominal probability, in ``(0, 1)``.
+
+  Returns:
+    A scalar in ``[0, 1]``.
+
+  Raises:
+    ThresholdError: ``level`` outside ``(0, 1)``.
+
+  Example:
+    >>> interval_coverage(jnp.zeros(4), jnp.ones(4), jnp.array([0.0, 1.0, 1.6, 3.0]))
+    Array(0.75, dtype=float32)
+
+  References:
+    Gneiting, T. & Raftery, A. E. (2007). Strictly proper scoring rules,
+    prediction, and estimation. JASA (central prediction intervals).
+  """
+  if not isinstance(level, jax.core.Tracer):
+    level = _check_prob(level, "level", "interval_coverage", low_open=True, high_open=True)
+  mean, std, y = _prep_regression(mean, std, y, "std", "interval_coverage")
+  return _interval_coverage(mean, std, y, jnp.asarray(level, mean.dtype))
