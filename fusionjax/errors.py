@@ -155,10 +155,11 @@ class WeightsError(FusionJaxError):
 
 
 class ThresholdError(FusionJaxError):
-  """A cascade threshold outside ``[0, 1]``.
+  """A threshold or level outside its range: a cascade threshold outside
+  ``[0, 1]``, a ``tpr`` of :func:`~fusionjax.metrics.fpr_at_tpr` or a ``level``
+  of :func:`~fusionjax.metrics.interval_coverage` outside ``(0, 1]`` / ``(0, 1)``.
 
-  Fix: confidences are probabilities (or margins of probabilities), so use
-  thresholds in ``[0, 1]``.
+  Fix: confidences, rates and levels are probabilities; use values in that range.
   """
 
 
