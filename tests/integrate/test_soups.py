@@ -89,7 +89,7 @@ def test_greedy_soup_of_snapshots_is_at_least_the_best_snapshot(snapshot_runs, d
   # Measured on a 2-core Intel Xeon with AVX-512 (seed 0): soup of snapshots
   # (3, 2, 1), val accuracy 0.962 (snapshots 0.952-0.962), test accuracy 0.9725
   # vs 0.975 for the best-on-val snapshot. Uniform soup NLL over the best
-  # snapshot's, seeds 0-5 (/tmp/s16/others.py): 0.985 0.949 0.992 0.927 1.003
+  # snapshot's, seeds 0-5 (python benchmarks/learning_seed_spread.py): 0.985 0.949 0.992 0.927 1.003
   # 0.979: one seed can lose, so the test averages the fixture's 3 seeds
   # (0.975 here).
   assert np.mean(greedy_gap) >= -0.01, greedy_gap
@@ -138,7 +138,7 @@ def test_fit_swa_averages_the_trajectory_and_beats_the_last_iterate(digits_split
                               start=300, every=10, batch_size=32)
     ratios.append(nll(other.variables) / nll(other.last))
   # SWA NLL over the last iterate's, seeds 0-5, on a 2-core Intel Xeon with
-  # AVX-512 (/tmp/s16/others.py, this set-up): 0.972 0.956 0.966 0.947 0.969
+  # AVX-512 (python benchmarks/learning_seed_spread.py, this set-up): 0.972 0.956 0.966 0.947 0.969
   # 0.974: a small, consistent gain at this constant learning rate. The test
   # averages seeds 0-2 (0.965 here) so that one seed's numerics on another CPU
   # kind cannot decide it.
