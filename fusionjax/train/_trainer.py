@@ -126,13 +126,17 @@ def auto_layout(platform: str, *, conv: Optional[bool], size: int, mesh: bool = 
       members do better with ``'scan'`` there, jax issues 26568 and 13800, is
       for ``benchmarks/gpu.sh`` to measure);
     * CPU, convolutional members: ``'loop'`` for two or more members of one
-      kind (``benchmarks/RESULTS.md``, ensemble_step, CNN rows: the host loop
-      0.97-1.02x the JAX loop, against 0.64-0.89x for the vmapped grouped
-      convolutions), ``'scan'`` for one (then the plain single-member
-      program), and ``'vmap'`` within groups (where ``'loop'`` cannot run);
+      kind (``benchmarks/RESULTS.md``, ensemble_step, CNN rows, measured on an
+      AMD EPYC without AVX-512: at M=4 the loop ran 16x the vmapped step, whose
+      convolutions are grouped ones, and at M=16 and 64 the vmapped step was too
+      slow to time; the loop ran at 0.97-1.03x a plain JAX loop in the 15-cycle
+      CNN repeat), ``'scan'`` for one (the plain single-member program: 1.00x
+      vmap at M=1), and ``'vmap'`` within groups, where ``'loop'`` cannot run
+      (not measured: groups ran vmapped before this layout existed);
     * CPU, dense members or unknown: ``'scan'`` with cache-sized chunks
-      (``RESULTS.md``, ensemble_step and chunk_sweep, MLP rows: 1.1-1.4x the
-      vmapped step at M >= 16).
+      (``RESULTS.md``, ensemble_step, MLP rows, "vs fj_vmap": 1.14x and 1.86x
+      for the digits MLP at M=16 and 64, 2.54x and 3.53x for the MNIST MLP;
+      0.96-1.16x at M <= 4). Dense groups of a groups ensemble take it too.
   """
   if mesh or regime != "independent" or not mappable or platform in ("gpu", "tpu"):
     return "vmap"
