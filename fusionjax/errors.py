@@ -366,3 +366,24 @@ class CorruptPreparedDataError(CorruptFileError):
   preparing again rebuilds it (``fusionjax.data.load`` and ``prepare_idx`` do
   so for MNIST, Fashion-MNIST and KMNIST; other data sets with ``tfds build``).
   """
+
+
+# --------------------------------------------------------------------------
+# data (shift and out-of-distribution sets)
+# --------------------------------------------------------------------------
+class UnknownCorruptionError(FusionJaxError):
+  """``fusionjax.data.corrupt`` was given a corruption name it does not know.
+
+  The message names the name given and lists the known ones
+  (``fusionjax.data.CORRUPTIONS``). Fix: pass one of those names.
+  """
+
+
+class ShiftConfigError(FusionJaxError):
+  """An argument of a shift or out-of-distribution helper is out of range.
+
+  For example a severity outside 1..5, images that are not ``[N, H, W]`` or
+  ``[N, H, W, 1]``, pixel values outside ``[0, 1]`` (corrupt raw images, then
+  normalise), an unknown noise kind, or classes that leave one side of a
+  held-out split empty. The message names the value and the fix.
+  """

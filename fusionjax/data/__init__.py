@@ -32,6 +32,7 @@ from fusionjax.data._sources import split_validation
 from fusionjax.data._sources import Splits
 from fusionjax.data._sources import stratified_split
 from fusionjax.data._sources import subset
+from fusionjax.data._shift import (CORRUPTIONS, corrupt, held_out_classes, noise_images, upscaled_digits)
 
 
 def __getattr__(name):
