@@ -65,13 +65,13 @@ def _primitives(jaxpr, found=None):
   return found
 
 
-def uses_convolution(member_init: Callable, member_apply: Callable, x) -> bool:
+def uses_convolution(member_apply: Callable, variables, x) -> bool:
   """Whether one member's forward pass on ``x [B, ...]`` contains a convolution.
 
-  Abstract tracing only (``jax.eval_shape`` and ``jax.make_jaxpr``): nothing runs.
+  ``variables`` are one member's (arrays or ``ShapeDtypeStruct``). Abstract
+  tracing only (``jax.make_jaxpr``): nothing runs.
   """
   xs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
-  variables = jax.eval_shape(member_init, jax.random.key(0), xs)
   jaxpr = jax.make_jaxpr(lambda v, xx, k: member_apply(v, xx, k, True))(
       variables, xs, jax.random.key(0))
   return "conv_general_dilated" in _primitives(jaxpr.jaxpr)

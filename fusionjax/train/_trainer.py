@@ -159,23 +159,15 @@ def _member_parts(ensemble: Ensemble):
   return None
 
 
-_CONV_CACHE = {}
-
-
 def _uses_conv(ensemble: Ensemble, x) -> bool:
   """Whether a member of ``ensemble`` convolves on inputs shaped like ``x`` (abstract trace)."""
-  x = jax.tree.map(lambda a: a[:1], x)
-  xs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
-  cache_key = (ensemble.member_apply, ensemble.init, str(xs))
-  if cache_key not in _CONV_CACHE:
-    variables = jax.eval_shape(ensemble.init, jax.random.key(0), xs)
-    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), variables)
-    _CONV_CACHE[cache_key] = _layouts.uses_convolution(lambda k, xx: one,
-                                                       ensemble.member_apply, xs)
-  return _CONV_CACHE[cache_key]
+  xs = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), x)
+  variables = jax.eval_shape(ensemble.init, jax.random.key(0), xs)
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), variables)
+  return _layouts.uses_convolution(ensemble.member_apply, one, xs)
 
 
-def _resolve_layouts(ensemble, layout, platform, parts, *, mesh, regime, x_example):
+def _resolve_layouts(ensemble, layout, platform, parts, *, mesh, regime, conv):
   """``{group: layout}`` (group ``None`` for one group), or None for the coupled step
   (one vmapped program over the whole ensemble and the fused loss)."""
   groups = ensemble.parts is not None
@@ -198,10 +190,7 @@ def _resolve_layouts(ensemble, layout, platform, parts, *, mesh, regime, x_examp
     if want not in LAYOUTS + ("auto",):
       raise errors.LayoutError(f"layout {want!r} for group {g!r} is not {options}.")
     if want == "auto":
-      conv = None
-      if not coupled and not mesh and platform == "cpu" and x_example is not None:
-        conv = _uses_conv(parts[g][0], x_example)
-      want = auto_layout(platform, conv=conv, size=parts[g][0].size if parts else ensemble.size,
+      want = auto_layout(platform, conv=None if coupled else conv.get(g), size=parts[g][0].size if parts else ensemble.size,
                          mesh=mesh, regime=regime, mappable=parts is not None,
                          grouped=groups)
     why = None
@@ -396,8 +385,13 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
   platform = resolve_platform(platform)
   size = ensemble.size
   parts = _member_parts(ensemble)
+  # Whether each group's members convolve: what 'auto' and donation need to know
+  # on XLA:CPU (one abstract trace per group; {} where it is not asked).
+  conv = {}
+  if platform == "cpu" and x_example is not None and parts is not None and mesh is None:
+    conv = {g: _uses_conv(e, x_example) for g, (e, _) in parts.items()}
   layouts = _resolve_layouts(ensemble, layout, platform, parts, mesh=mesh is not None,
-                             regime=regime, x_example=x_example)
+                             regime=regime, conv=conv)
   trains_members, trains_fusion = regime != "frozen", regime != "independent"
 
   # ---------------------------------------------------------------- init
@@ -584,8 +578,7 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
     return Trainer(init, jit_sharded(pure, mesh, ensemble, per_member, donate), resolved)
   # Convolutional programs on XLA:CPU are not donated: written in place, the
   # guard's selects cost more than the copy (python benchmarks/donation.py).
-  if donate and platform == "cpu" and x_example is not None and parts is not None and any(
-      _uses_conv(e, x_example) for e, _ in parts.values()):
+  if donate and any(conv.values()):
     donate = False
   return Trainer(init, jax.jit(pure, donate_argnums=(0,) if donate else ()), resolved)
 

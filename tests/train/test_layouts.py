@@ -2,7 +2,6 @@
 import warnings
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,36 +11,11 @@ import pytest
 import fusionjax as fj
 from fusionjax import errors, models
 from fusionjax.train import _layouts
+from fj_train_modules import BNDrop, ConvBNDrop
 
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(size=(16, 8, 8, 1)), jnp.float32)
 Y = jnp.asarray(RNG.integers(0, 10, 16), jnp.int32)
-
-
-class BNDrop(nn.Module):
-  """BatchNorm statistics (member state) and dropout (member keys).
-
-  No bias before BatchNorm: its gradient is zero up to rounding, which Adam
-  would blow up to +-lr in either layout, at random.
-  """
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Dense(12, use_bias=False)(x.reshape((x.shape[0], -1)))
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-    x = nn.Dropout(0.3, deterministic=not train)(nn.relu(x))
-    return nn.Dense(10)(x)
-
-
-class ConvBNDrop(nn.Module):
-  """A convolution (the 'loop' layout on CPU) with BatchNorm statistics and dropout."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Conv(4, (3, 3), use_bias=False)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-    x = nn.Dropout(0.3, deterministic=not train)(nn.relu(x))
-    return nn.Dense(10)(models.max_pool(x, 2).reshape((x.shape[0], -1)))
 
 
 def _trainer(ens, tx, layout, chunk="auto", **kw):
@@ -454,8 +428,8 @@ def test_uses_convolution():
   for module, want in ((models.CNN(10, (4, 8), 16), True), (ConvBNDrop(), True),
                        (models.MLP(10, (4,)), False), (models.RowGRU(10, 8), False)):
     ens = fj.ensemble.from_linen(module, 1)
-    one = lambda k, xx, ens=ens: jax.tree.map(lambda a: a[0], ens.init(k, xx))
-    assert _layouts.uses_convolution(one, ens.member_apply, x) == want, module
+    one = jax.tree.map(lambda a: a[0], ens.init(jax.random.key(0), x[:1]))
+    assert _layouts.uses_convolution(ens.member_apply, one, x) == want, module
 
 
 # ------------------------------------------------------------------ predict
