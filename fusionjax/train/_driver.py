@@ -336,7 +336,6 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
 
   pending = []
   last_logs = {"loss": last_loss}
-  frozen = np.zeros(ensemble.size, bool)
 
   def sync():
     """Reads the pending logs (one host sync) and applies the non-finite policy."""
@@ -357,9 +356,9 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
               "were skipped and no checkpoint of this state was written; the last good "
               f"checkpoint is kept{' in ' + ckpt.directory if ckpt else ''}. Fix: lower "
               "the learning rate, clip gradients, or pass on_nonfinite='freeze'.")
-        frozen[bad] = True
+        # on_nonfinite='freeze': the step itself has set state.frozen for them.
     if bar is not None:
-      bar.set_postfix(loss=f"{float(logs[-1][1]['loss']):.4f}")
+      bar.set_postfix(loss=f"{last_logs['loss']:.4f}")
     return logs[-1][1]
 
   saved = {"step": restored[0] if restored is not None else None}
@@ -415,8 +414,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Tuple[Any, 
         record = {"epoch": epoch + 1 if position["batch"] == 0 else epoch,
                   "step": step_no, "time": elapsed0 + time.time() - t0,
                   "layout": trainer.layout, "train_loss": last_logs["loss"],
-                  "frozen_members": np.flatnonzero(
-                      frozen | _host(state.frozen)).tolist()}
+                  "frozen_members": np.flatnonzero(_host(state.frozen)).tolist()}
         for name, (xe, ye) in eval_arrays.items():
           for k, v in evaluate(predict, state, xe, ye).items():
             record[f"{name}/{k}"] = v
