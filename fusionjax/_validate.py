@@ -46,8 +46,8 @@ def class_labels(labels, num_classes: Optional[int], where: str) -> np.ndarray:
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if bad.size:
       raise errors.LabelError(
-          f"{where}: {bad.size} label(s) outside [0, {num_classes}) (C={num_classes} from "
-          f"the members' outputs): values {sorted(set(_first(y[bad], 10)))} at positions "
+          f"{where}: {bad.size} label(s) outside [0, {num_classes}) (C={num_classes}): "
+          f"values {sorted(set(_first(y[bad], 10)))} at positions "
           f"{_first(bad, 10)}{' ...' if bad.size > 10 else ''}. Fix: pass labels in "
           f"[0, {num_classes}) (e.g. map -1 or other markers out, or re-index the classes), "
           "or build members with more outputs.")

@@ -14,7 +14,7 @@ from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from fusionjax import errors
+from fusionjax import _validate, errors
 
 
 class Normalization(NamedTuple):
@@ -175,28 +175,9 @@ def check_labels(
       ``[0, num_classes)``.
   """
   labels = np.asarray(labels)
-  if labels.ndim != 1:
-    raise errors.LabelError(
-        f"{what} must be a 1-D array of class indices, got shape"
-        f" {labels.shape}. Fix: pass integer labels [N] (argmax one-hot ones)."
-    )
-  if labels.dtype.kind not in "iu":
-    raise errors.LabelError(
-        f"{what} have dtype {labels.dtype}; class indices must be integers."
-        " Fix: pass labels.astype(np.int32) if they are whole numbers."
-    )
-  if num_classes is None:
+  if num_classes is None and labels.ndim == 1 and labels.dtype.kind in "iu":
     num_classes = int(labels.max()) + 1 if labels.size else 0
-  if labels.size:
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-      bad = labels[(labels < 0) | (labels >= num_classes)]
-      raise errors.LabelError(
-          f"{what} outside [0, {num_classes}): {bad.size} of them, e.g."
-          f" {np.unique(bad)[:5].tolist()} (min {lo}, max {hi}). Fix: pass"
-          f" class indices in [0, {num_classes}) or the right num_classes."
-      )
-  return labels.astype(np.int32), num_classes
+  return _validate.class_labels(labels, num_classes, what), num_classes
 
 
 def from_arrays(
