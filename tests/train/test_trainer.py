@@ -13,6 +13,7 @@ import pytest
 import fusionjax as fj
 from fusionjax import errors, models
 from fusionjax.fusion import Fusion
+from fj_train_modules import BNDrop
 
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(size=(16, 8, 8, 1)), jnp.float32)
@@ -149,17 +150,6 @@ def test_groups_with_a_layout_per_group_equal_all_vmap():
   chex.assert_trees_all_close(got.state, want.state, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(got_logs, want_logs, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(jax.random.key_data(got.key), jax.random.key_data(want.key))
-
-
-class BNDrop(nn.Module):
-  """BatchNorm statistics (member state) and dropout (member keys)."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Dense(12, use_bias=False)(x.reshape((x.shape[0], -1)))
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-    x = nn.Dropout(0.3, deterministic=not train)(nn.relu(x))
-    return nn.Dense(10)(x)
 
 
 @pytest.mark.slow
