@@ -1,4 +1,4 @@
-"""Figure 4: a confidence-gated cascade, accuracy against average cost.
+"""Figure 3: a confidence-gated cascade, accuracy against average cost.
 
 ``members`` networks train at once. Stage ``s`` of the cascade is the mean of
 members ``0..s`` (``fj.fusion.chain(select(range(s + 1)), mean())``), so a
@@ -52,7 +52,8 @@ def run(cfg, data_dir, timer):
   m = cfg["members"]
   ens = fj.ensemble.from_linen(module, m)
   with timer("train"):
-    state = common.fit(ens, cfg, d.x_train, d.y_train, jax.random.key(cfg.get("seed", 0)))
+    state = common.fit(ens, cfg, d.x_train, d.y_train, jax.random.key(cfg.get("seed", 0)),
+                       seed=cfg.get("seed", 0))
     val = common.member_logits(ens, state, d.x_val)
     test = common.member_logits(ens, state, d.x_test)
   flops = common.member_flops(cfg["model"], d.x_train.shape[1:], c)

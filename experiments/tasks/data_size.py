@@ -1,4 +1,4 @@
-"""Figure 3: one member against an ensemble as the training set grows.
+"""Figure 2: one member against an ensemble as the training set grows.
 
 For each fraction of the training set (a stratified subset), ``members``
 networks train at once; the single-member numbers are the mean (and spread)
@@ -27,7 +27,8 @@ def run(cfg, data_dir, timer):
     ens = fj.ensemble.from_linen(module, cfg["members"])
     steps = common.steps_for(cfg, n)
     with timer("train"):
-      state = common.fit(ens, cfg, x, y, jax.random.key(cfg.get("seed", 0)), steps=steps)
+      state = common.fit(ens, cfg, x, y, jax.random.key(cfg.get("seed", 0)), steps=steps,
+                         seed=cfg.get("seed", 0))
       logits = common.member_logits(ens, state, d.x_test)
     single = common.member_scores(logits, d.y_test)
     rows.append({"fraction": frac, "train_size": n, "steps": steps,

@@ -14,6 +14,10 @@ import fusionjax as fj
 from experiments.tasks import common
 
 
+# run.py hands this task the whole ``seeds`` list (it loops over seeds itself).
+LOOPS_OVER_SEEDS = True
+
+
 def run(cfg, data_dir, timer):
   with timer("data"):
     d = common.load_data(cfg, data_dir)

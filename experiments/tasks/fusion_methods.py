@@ -1,4 +1,4 @@
-"""Table 2: fusion methods side by side (accuracy, NLL, ECE, cost in member evaluations).
+"""Table 1: fusion methods side by side (accuracy, NLL, ECE, cost in member evaluations).
 
 For each data set:
 
@@ -134,7 +134,8 @@ def run_dataset(cfg, data_dir, timer):
     soup_cfg = {**cfg, "lr": cfg["soup_lr"]}
     soup_steps = common.steps_for({**cfg, "epochs": cfg["soup_epochs"]}, n)
     ing = common.fit_per_member(ens_s, soup_cfg, d.x_train, d.y_train, [np.arange(n)] * s,
-                                keys[5], steps=soup_steps, seed=100, init_params=start)
+                                keys[5], steps=soup_steps, seed=100 + cfg.get("seed", 0),
+                                init_params=start)
     acc = lambda p: float(np.mean(logits1(p, d.x_val).argmax(-1) == d.y_val))
     greedy = integrate.greedy_soup(ing.params["members"], acc)
     add("greedy soup (fine-tuned)", common.log_softmax(logits1(greedy.params, d.x_test)),

@@ -1,4 +1,4 @@
-"""Figure 6: heterogeneous fusion. CNN and GRU members alone, averaged, weighted and stacked.
+"""Figure 5: heterogeneous fusion. CNN and GRU members alone, averaged, weighted and stacked.
 
 ``fj.ensemble.groups(cnn=..., gru=...)`` trains both kinds in one jitted step
 (each group vmapped on its own, outputs concatenated on the member axis).
@@ -24,7 +24,8 @@ def run(cfg, data_dir, timer):
   ens = fj.ensemble.groups(**parts)
   names = {g: range(*ens.groups[g]) for g in ens.groups}
   with timer("train"):
-    state = common.fit(ens, cfg, d.x_train, d.y_train, jax.random.key(cfg.get("seed", 0)))
+    state = common.fit(ens, cfg, d.x_train, d.y_train, jax.random.key(cfg.get("seed", 0)),
+                       seed=cfg.get("seed", 0))
     val = jnp.asarray(common.member_logits(ens, state, d.x_val))
     test = jnp.asarray(common.member_logits(ens, state, d.x_test))
   m = ens.size

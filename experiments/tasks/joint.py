@@ -1,4 +1,4 @@
-"""Figure 5: joint against independent training, sweeping lambda of the hybrid loss.
+"""Figure 4: joint against independent training, sweeping lambda of the hybrid loss.
 
 ``loss = sum_m CE(member_m) + lambda * CE(mean of member probabilities)``
 (``make_trainer(regime='hybrid', lam=lambda, fusion=fj.fusion.mean())``);
@@ -11,6 +11,10 @@ import jax
 
 import fusionjax as fj
 from experiments.tasks import common
+
+
+# run.py hands this task the whole ``seeds`` list (it loops over seeds itself).
+LOOPS_OVER_SEEDS = True
 
 
 def run(cfg, data_dir, timer):

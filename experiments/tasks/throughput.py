@@ -1,4 +1,4 @@
-"""Figure 7: training throughput (member-samples/s) against M, stacked step vs a loop.
+"""Figure 6: training throughput (member-samples/s) against M, stacked step vs a loop.
 
 The numbers are the benchmark's (``benchmarks/ensemble_step.py``, owned by the
 benchmarks): when ``benchmarks/results/ensemble_step.json`` exists its rows are

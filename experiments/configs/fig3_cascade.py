@@ -1,0 +1,31 @@
+"""Figure 3: cascade. Accuracy against average cost (fraction of the ensemble's FLOPs), 3 seeds.
+
+Command:
+    python experiments/run.py --config experiments/configs/fig3_cascade.py \
+        --data_dir ../shared/data/mnist --publish
+
+Runtime: RUNTIME
+
+Expected: EXPECTED
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  cfg = ml_collections.ConfigDict(dict(
+      task="cascade",
+      dataset="mnist",
+      model=dict(name="mlp", features=(200, 200, 200)),
+      members=8,
+      seeds=(0, 1, 2),  # run.py runs the task once per seed
+      epochs=5,
+      batch_size=256,
+      lr=2e-3,
+      confidences=("max_prob", "margin"),
+      thresholds=(0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.997, 0.998, 0.999,
+                  0.9995, 0.9998, 0.9999, 0.99995, 0.99999, 1.0),
+  ))
+  if arg == "smoke":
+    cfg.update(dataset="digits", model=dict(name="mlp", features=(16,)), members=3,
+               seeds=(0, 1), epochs=1, max_steps=3, batch_size=64, thresholds=(0.0, 0.5, 1.0))
+  return cfg
