@@ -135,10 +135,12 @@ def provenance() -> dict:
   top = _git("rev-parse", "--show-toplevel")
   in_checkout = top is not None and pathlib.Path(top).resolve() == ROOT
   commit = (_git("rev-parse", "HEAD") if in_checkout else None) or "unknown"
-  dirty = None
+  dirty, changed = None, []
   if in_checkout:
     status = _git("status", "--porcelain", "--untracked-files=no")
-    dirty = None if status is None else bool(status)
+    if status is not None:
+      changed = [line[3:] for line in status.splitlines()]
+      dirty = bool(changed)
   versions = {}
   for pkg in ("fusionjax", "jax", "jaxlib", "flax", "optax", "numpy", "ml_collections", "grain"):
     try:
@@ -146,7 +148,8 @@ def provenance() -> dict:
     except importlib.metadata.PackageNotFoundError:
       versions[pkg] = None
   devices = [{"id": d.id, "platform": d.platform, "kind": d.device_kind} for d in jax.devices()]
-  return {"git_commit": commit, "git_dirty": dirty, "versions": versions,
+  return {"git_commit": commit, "git_dirty": dirty, "git_changed_files": changed[:50],
+          "versions": versions,
           "backend": jax.default_backend(), "devices": devices}
 
 
