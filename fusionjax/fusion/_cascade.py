@@ -243,9 +243,16 @@ def cascade(
     else:
       t = jnp.broadcast_to(jnp.asarray(t_np, dtype), (s - 1,))
     # First stage whose confidence reaches its threshold; the last always.
-    exits = jnp.concatenate(
-        [conf[:-1] >= t[:, None], jnp.ones((1, b), jnp.bool_)], axis=0)
-    stage = jnp.argmax(exits, axis=0).astype(jnp.int32)  # [B]
+    # Written as reductions over the stage axis (a min of stage indices, a
+    # masked sum of the answering stage's log-probs) with no slice of it, so
+    # that when the stages are members sharded over a mesh each device
+    # reduces its own and only [B] and [B, C] values are all-reduced; an
+    # argmax and a gather exchanged per-device partials and indices.
+    index = jnp.arange(s, dtype=jnp.int32)[:, None]  # [S, 1]
+    last = index == s - 1
+    t_all = jnp.concatenate([t, jnp.zeros((1,), dtype)])[:, None]  # [S, 1]
+    exits = (conf >= t_all) | last
+    stage = jnp.min(jnp.where(exits, index, s - 1), axis=0)  # [B]
     if soft:
       a = (conf[:-1] - t[:, None]) / temperature
       zeros = jnp.zeros((1, b), dtype)
@@ -256,7 +263,8 @@ def cascade(
       fused = jax.nn.logsumexp(log_exit[:, :, None] + log_ps, axis=0)
       exit_prob = jnp.exp(log_exit).T
     else:
-      fused = jnp.take_along_axis(log_ps, stage[None, :, None], axis=0)[0]
+      answers = (index == stage[None, :])[:, :, None]  # [S, B, 1], one True per b
+      fused = jnp.sum(jnp.where(answers, log_ps, jnp.zeros((), dtype)), axis=0)
       exit_prob = jax.nn.one_hot(stage, s, dtype=dtype)
     if not return_info:
       return fused

@@ -38,13 +38,16 @@ def hard_vote(weights: Optional[Any] = None) -> Fusion:
   normalised, as in scikit-learn), and the class with the largest total wins;
   a tie between classes goes to the lowest class index.
 
-  Votes are accumulated member by member in order, like ``np.bincount``:
-  unweighted votes are counted in int32 and are exact; weighted votes are
-  summed in the default float dtype. With integer (or other dyadic) weights the
-  result equals scikit-learn's exactly; with weights like 0.1 whose sums
-  round differently in float32 and float64, a near-tie within float32
-  rounding may be broken differently from scikit-learn (float64) unless
-  ``jax_enable_x64`` is on.
+  Votes are summed over the member axis: unweighted votes are counted in
+  int32 and are exact in any order; weighted votes are summed in the default
+  float dtype. With integer (or other dyadic) weights whose sums are exact in
+  that dtype the result equals scikit-learn's exactly, on one device or with
+  the members sharded over a mesh (each device sums its members, then one
+  all-reduce of the ``[B, C]`` counts). With weights like 0.1, whose sums
+  round differently in float32 and float64 and in a different summation
+  order, a near-tie within float32 rounding may be broken differently from
+  scikit-learn (float64) unless ``jax_enable_x64`` is on, and differently
+  again when the members are sharded: the exactness promise is unsharded.
 
   The output is the log of the one-hot winner: 0 for the winning class and
   :func:`log_zero` (``-sqrt(finfo.max)``, finite, e.g. -1.8e19 in float32)
@@ -83,7 +86,7 @@ def hard_vote(weights: Optional[Any] = None) -> Fusion:
 
   def apply(params, member_outputs, *, x=None, key=None):
     del params, x, key
-    m, b, c = _checks.member_outputs(member_outputs, fusion=name)
+    m, _, c = _checks.member_outputs(member_outputs, fusion=name)
     _checks.weights_match(w, m, fusion=name)
     votes = jnp.argmax(member_outputs, axis=-1)  # [M, B], lowest index on ties
     if w is None:
@@ -93,13 +96,11 @@ def hard_vote(weights: Optional[Any] = None) -> Fusion:
       vote_w = jnp.asarray(w)  # float32, or float64 under jax_enable_x64
       count_dtype = vote_w.dtype
 
-    def add(counts, vote_and_weight):
-      vote, wm = vote_and_weight
-      return counts + wm * jax.nn.one_hot(vote, c, dtype=count_dtype), None
-
-    # Sequential in member order, as np.bincount adds its weights.
-    counts, _ = jax.lax.scan(add, jnp.zeros((b, c), count_dtype),
-                             (votes, vote_w))
+    # A sum over the member axis (not a scan in member order): under a mesh
+    # that shards the members, XLA reduces each device's members locally and
+    # all-reduces the [B, C] counts, where a scan gathered the [M, B] votes.
+    counts = jnp.sum(vote_w[:, None, None] * jax.nn.one_hot(votes, c, dtype=count_dtype),
+                     axis=0)
     winner = jnp.argmax(counts, axis=-1)  # lowest class index on ties
     dtype = member_outputs.dtype
     return jnp.where(jax.nn.one_hot(winner, c, dtype=jnp.bool_),
