@@ -9,6 +9,7 @@ gradient all-reduce over ``'data'``). Arrays are built with
 (``jax.distributed``), every process holding the same host values.
 """
 import math
+import re
 from typing import Optional, Sequence
 
 import jax
@@ -153,3 +154,69 @@ def jit_sharded(step, mesh: Mesh, ensemble: Ensemble, per_member: bool = False,
   sharded.trace = lambda state, batch: jitted(state, batch).trace(state, batch)
   sharded.lower = lambda state, batch: jitted(state, batch).lower(state, batch)
   return sharded
+
+
+def jit_predict_sharded(predict, mesh: Mesh, ensemble: Ensemble):
+  """``jax.jit`` of an unjitted predict with member-sharded in/out shardings.
+
+  ``predict`` is ``make_predictor(ensemble, fusion, layout='vmap',
+  jit=False).predict``. The state is placed as :func:`state_shardings`, the
+  input batch on ``P('data')``; the member outputs stay where they were
+  computed (``P('member', 'data')``: never gathered onto one device) and the
+  fused prediction is ``P('data')``, so a fusion that reduces over the member
+  axis (mean, weighted, votes, the hard cascade) runs as a per-device partial
+  reduction and one all-reduce of ``[B, C]`` over ``'member'``.
+
+  Args:
+    predict: ``(state, x) -> (outputs [M, B, C], fused [B, C] or None)``.
+    mesh: a ``('member', 'data')`` mesh.
+    ensemble: the ensemble (its groups must divide the ``'member'`` axis).
+
+  Returns:
+    ``predict(state, x)``, jitted; ``.lower(state, x)`` gives the program.
+  """
+  cache = {}
+
+  def jitted(state, x):
+    key = jax.tree_util.tree_structure((state, x))
+    if key not in cache:
+      out = NamedSharding(mesh, P("member", "data"))
+      fused = NamedSharding(mesh, P("data"))
+      shapes = jax.eval_shape(predict, state, x)
+      cache[key] = jax.jit(
+          predict, in_shardings=(state_shardings(state, mesh, ensemble),
+                                 batch_shardings(x, mesh)),
+          out_shardings=(out, None if shapes[1] is None else
+                         jax.tree.map(lambda _: fused, shapes[1])))
+    return cache[key]
+
+  def sharded(state, x):
+    return jitted(state, x)(state, x)
+
+  sharded.lower = lambda state, x: jitted(state, x).lower(state, x)
+  return sharded
+
+
+_COLLECTIVE = re.compile(
+    r"^\s*(?:ROOT )?%?\S+ = (\(.*?\)|\S+) (all-reduce|all-gather|all-to-all|"
+    r"collective-permute|reduce-scatter|collective-broadcast)(?:-start)?\(", re.M)
+_SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+
+
+def collectives(hlo_text: str):
+  """The cross-device collectives of a compiled program, from its HLO text.
+
+  Args:
+    hlo_text: ``jitted.lower(...).compile().as_text()``.
+
+  Returns:
+    A list of ``(op, shapes)``: ``op`` such as ``'all-reduce'``, ``shapes`` a
+    list of ``(dtype, dims)`` (a tuple-shaped collective has several), e.g.
+    ``('all-reduce', [('f32', (32, 10))])``.
+  """
+  found = []
+  for m in _COLLECTIVE.finditer(hlo_text):
+    shapes = [(d, tuple(int(n) for n in dims.split(",") if n))
+              for d, dims in _SHAPE.findall(m.group(1))]
+    found.append((m.group(2), shapes))
+  return found
