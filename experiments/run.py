@@ -30,6 +30,7 @@ import importlib
 import importlib.metadata
 import os
 import pathlib
+import resource
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def load_config(name: str, smoke: bool):
 def _git(*args):
   try:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                          timeout=20, check=True).stdout.strip()
+                          timeout=20, check=True).stdout.rstrip()
   except (OSError, subprocess.SubprocessError):
     return None
 
@@ -170,7 +171,11 @@ def run_one(name: str, cfg, data_dir, out_dir: pathlib.Path, smoke: bool, argv) 
   else:
     result = task.run(resolved, data_dir, timer)
   seconds = time.perf_counter() - t0
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   record = {"name": name, "smoke": smoke, "config": resolved, "runtime_s": seconds,
+            # CPU seconds of this process so far (user + system): less sensitive than the
+            # wall-clock time to other jobs sharing the machine
+            "process_cpu_s": usage.ru_utime + usage.ru_stime,
             "sections_s": timer.seconds, "command": " ".join(["python", *argv]),
             "provenance": provenance(), "machine": common.machine(), "result": result}
   common.write_json(str(out_dir / f"{name}.json"), record)

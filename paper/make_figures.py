@@ -1,28 +1,36 @@
-"""Turns result files into the paper's figures, tables and number macros (plotting only).
+"""Turns published result files into the paper's figures, tables and number macros (plotting only).
 
     python paper/make_figures.py [--results experiments/results] [--out paper]
 
-Reads ``experiments/results/*.json`` (written by ``experiments/run.py``) and
-nothing else; the throughput rows come from ``benchmarks/results/ensemble_step.json``
-through ``experiments/results/fig7_throughput.json``. Writes
+Reads ``experiments/results/*.json`` (written by ``experiments/run.py --publish``)
+and nothing else; the throughput rows come from ``benchmarks/results/ensemble_step.json``
+through ``experiments/results/fig6_throughput.json``. Writes
 ``<out>/figures/*.pdf``, ``<out>/tables/*.tex`` and ``<out>/tables/numbers.tex``
 (``\\newcommand`` macros for every number quoted in the text). A missing
 result file gives a placeholder figure / table and ``n/a`` macros, so the
-paper always builds. Never trains, never imports JAX.
+paper always builds. A smoke result (``"smoke": true``) is refused: the paper's
+numbers come from full runs only (``--allow-smoke`` lets the test suite draw smoke
+results into a folder other than ``paper/``). Results with ``per_seed`` (a
+one-seed task run once per seed) are reported as the mean and the standard
+deviation over seeds. Figures 1 and 3 are drawn with ``fusionjax.plot``; no JAX
+computation runs here and nothing trains.
 """
 import argparse
 import json
 import math
 import pathlib
 import re
+import sys
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 import matplotlib.transforms
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 plt.rcParams.update({
@@ -33,7 +41,7 @@ plt.rcParams.update({
 })
 C_SINGLE, C_ENS, C_ALT, C_GREY = "#1f77b4", "#d62728", "#2ca02c", "#7f7f7f"
 COL = 3.3  # inches, one column of the paper
-MACRO_PREFIXES = ("EnsSize", "Fusion", "DataSize", "Cascade", "Joint", "Hetero", "Tput",
+MACRO_PREFIXES = ("EnsSize", "Cnn", "Fusion", "DataSize", "Cascade", "Joint", "Hetero", "Tput",
                   "Runtime", "Machine", "ResultsAre")
 
 
@@ -79,13 +87,51 @@ class Out:
     return missing
 
 
-def load(results: pathlib.Path, name: str):
+class SmokeResultError(SystemExit):
+  """A smoke result reached the paper: its numbers come from a few steps on digits."""
+
+
+def load(results: pathlib.Path, name: str, allow_smoke: bool = False):
   path = results / f"{name}.json"
   if not path.exists():
     print(f"[figures] missing {path}: placeholder")
     return None
   with open(path) as f:
-    return json.load(f)
+    rec = json.load(f)
+  if rec.get("smoke") and not allow_smoke:
+    raise SmokeResultError(
+        f"[figures] {path} is a smoke result (a few steps on digits), not a paper result. "
+        f"Fix: run the full config, `python experiments/run.py --config "
+        f"experiments/configs/{name}.py --data_dir <mnist> --publish`, or restore the "
+        f"committed file with `git checkout -- {path}`.")
+  return rec
+
+
+def fj_plot():
+  """``fusionjax.plot``, imported when a figure needs it (it imports JAX; no JAX runs here)."""
+  sys.path.insert(0, str(ROOT))
+  from fusionjax import plot  # pylint: disable=g-import-not-at-top
+  return plot
+
+
+def seed_results(rec) -> list:
+  """The per-seed results of a record (one entry when the task ran once)."""
+  res = rec["result"]
+  return res["per_seed"] if "per_seed" in res else [res]
+
+
+def mean_std(values):
+  """Mean and standard deviation (ddof=0) over seeds; (None, None) when no value is known."""
+  v = [x for x in values if x is not None]
+  if not v:
+    return None, None
+  a = np.asarray(v, dtype=np.float64)
+  return float(a.mean()), float(a.std())
+
+
+def of_seeds(n: int) -> str:
+  """'3 seeds' / 'one seed', for captions and text."""
+  return "one seed" if n == 1 else f"{n} seeds"
 
 
 def placeholder(out: Out, name: str, what: str, width=COL, height=2.0):
@@ -131,17 +177,19 @@ def fig1(out: Out, rec):
   for ax, (key, label, scale) in zip(axes, metrics):
     first = np.array([[next(r[key] for r in rows if r["seed"] == s and r["members"] == m
                             and r["subset"] == "first") for m in ms] for s in seeds]) * scale
-    allsub = [np.array([r[key] for r in rows if r["members"] == m]) * scale for m in ms]
-    lo = np.array([a.min() for a in allsub])
-    hi = np.array([a.max() for a in allsub])
-    ax.fill_between(ms, lo, hi, color=C_ENS, alpha=0.18, lw=0,
-                    label="range (seeds x subsets)")
-    ax.plot(ms, first.mean(0), "-o", color=C_ENS, label=f"first M, mean of {len(seeds)} seeds")
+    fj_plot().metric_vs_size(ms, first, ax=ax, label="first M members", band="minmax")
+    ax.lines[-1].set_color(C_ENS)
+    ax.collections[-1].set_color(C_ENS)
+    ax.get_legend().remove()
     ax.set_xlabel("ensemble size M")
     ax.set_title(label)
     ax.set_xticks([1, 4, 8, 12, 16] if mmax >= 16 else list(ms))
   handles, labels = axes[0].get_legend_handles_labels()
-  fig.legend(handles[::-1], labels[::-1], frameon=False, ncol=2, loc="lower center",
+  if len(seeds) > 1:  # the band, drawn by fj.plot without a legend entry of its own
+    handles.append(matplotlib.patches.Patch(color=C_ENS, alpha=0.2, lw=0))
+    labels = [f"ensemble of the first M members, mean of {len(seeds)} seeds",
+              f"min-max over the {len(seeds)} seeds"]
+  fig.legend(handles, labels, frameon=False, ncol=2, loc="lower center",
              bbox_to_anchor=(0.5, 0.98))
   fig.tight_layout(w_pad=0.8)
   out.savefig(fig, name)
@@ -237,13 +285,13 @@ def cnn_anchor_verdict(acc: float, nll: float, ece: float) -> str:
 
 
 # --------------------------------------------------------------------------
-# Table 2: fusion methods
+# Table 1: fusion methods
 # --------------------------------------------------------------------------
-TAB2_ORDER = ["single member", "mean of probabilities", "mean of logits", "hard vote",
+TAB1_ORDER = ["single member", "mean of probabilities", "mean of logits", "hard vote",
               "learned weights", "stacking, out-of-fold", "stacking, in-sample", "gating",
               "cascade", "greedy soup (fine-tuned)", "uniform soup (independent inits)",
               "gradient boosting", "distilled student"]
-TAB2_LABEL = {"single member": "single member (mean of $M$)",
+TAB1_LABEL = {"single member": "single member (mean of $M$)",
               "mean of probabilities": "mean of probabilities",
               "mean of logits": "mean of logits",
               "hard vote": "hard (plurality) vote",
@@ -262,59 +310,102 @@ def _cell(v, fmt):
   return "--" if v is None else fmt.format(v)
 
 
-def tab2(out: Out, rec):
-  name = "tab2_fusion"
-  sets = [] if rec is None else [k for k in ("digits", "mnist") if k in rec["result"]]
+def _fusion_rows(rec, ds):
+  """Per method of data set ``ds``: each numeric field's per-seed values, their mean and std."""
+  per = [r[ds] for r in seed_results(rec)]
+  rows = {}
+  for method in per[0]["rows"]:
+    vals = [p["rows"].get(method, {}) for p in per]
+    row = {"n": len(vals)}
+    for key in ("accuracy", "nll", "ece", "cost", "threshold"):
+      xs = [v.get(key) for v in vals]
+      row[key], row[key + "_std"] = mean_std(xs)
+      row[key + "_seeds"] = xs
+    row["rounds"] = vals[0].get("rounds")
+    row["ingredients"] = [len(v.get("ingredients") or []) for v in vals]
+    row["num_ingredients"] = vals[0].get("num_ingredients")
+    rows[method] = row
+  return rows, per[0]
+
+
+def _pm(mean, std, fmt, n):
+  """``mean`` with ``\\pm std`` in small type when there is more than one seed."""
+  if mean is None:
+    return "--"
+  text = fmt.format(mean)
+  return text if n < 2 else text + "{\\tiny$\\pm$" + fmt.format(std).lstrip("0") + "}"
+
+
+def _tied_with_best(rows, key, higher_is_better):
+  """Methods whose mean +- std interval overlaps the interval of the best mean."""
+  rs = {m: r for m, r in rows.items() if r.get(key) is not None}
+  if not rs:
+    return set()
+  pick = max if higher_is_better else min
+  best = pick(rs, key=lambda m: rs[m][key])
+  b, bs = rs[best][key], rs[best][key + "_std"] or 0.0
+  return {m for m, r in rs.items() if abs(r[key] - b) <= bs + (r[key + "_std"] or 0.0)
+          or m == best}
+
+
+def tab1(out: Out, rec):
+  name = "tab1_fusion"
+  sets = [] if rec is None else [k for k in ("digits", "mnist") if k in seed_results(rec)[0]]
   if not sets:
     out.table(name, "\\begin{tabular}{l}\\toprule (no result file: run "
-              "experiments/run.py --config tab2\\_fusion\\_methods)\\\\ \\bottomrule"
-              "\\end{tabular}\n")
+              "experiments/run.py --config experiments/configs/tab1\\_fusion\\_methods.py)"
+              "\\\\ \\bottomrule\\end{tabular}\n")
     for ds in ("Digits", "Mnist"):
       for k in ("MeanAcc", "SingleAcc", "OofNll", "InNll", "OofEce", "InEce", "CascadeCost",
                 "Members", "BoostRounds", "StudentAcc", "SoupAcc", "UniSoupAcc", "GateAcc",
                 "WeightsAcc", "OofAcc", "InAcc", "LogitsAcc", "VoteAcc", "MeanNll",
                 "SingleNll", "StudentNll", "BoostAcc", "CascadeAcc"):
         out.num(f"Fusion{ds}{k}", None)
+    out.num("FusionSeeds", None)
     return
-  res = rec["result"]
+  nseeds = len(seed_results(rec))
+  out.num("FusionSeeds", of_seeds(nseeds))
+  data = {ds: _fusion_rows(rec, ds) for ds in sets}
   head = " & ".join(["\\multicolumn{4}{c}{%s (%s)}" % (
-      {"digits": "digits", "mnist": "MNIST"}[ds], f"$M={res[ds]['members']}$") for ds in sets])
+      {"digits": "digits", "mnist": "MNIST"}[ds], f"$M={data[ds][1]['members']}$")
+      for ds in sets])
   rules = " ".join(f"\\cmidrule(lr){{{2 + 4 * i}-{5 + 4 * i}}}" for i in range(len(sets)))
   cols = " & ".join(["acc.\\,(\\%) & NLL & ECE & cost"] * len(sets))
   lines = ["\\begin{tabular}{l" + "rrrr" * len(sets) + "}", "\\toprule",
            f" & {head} \\\\", rules, f"method & {cols} \\\\", "\\midrule"]
-  best = {}
-  for ds in sets:
-    rows = res[ds]["rows"]
-    finite = [r for r in rows.values() if r.get("nll") is not None]
-    best[ds] = {"accuracy": max(r["accuracy"] for r in rows.values()),
-                "nll": min(r["nll"] for r in finite), "ece": min(r["ece"] for r in rows.values())}
-  for method in TAB2_ORDER:
+  bold = {ds: {"accuracy": _tied_with_best(data[ds][0], "accuracy", True),
+               "nll": _tied_with_best(data[ds][0], "nll", False),
+               "ece": _tied_with_best(data[ds][0], "ece", False)} for ds in sets}
+  for method in TAB1_ORDER:
     cells = []
     for ds in sets:
-      r = res[ds]["rows"].get(method)
+      r = data[ds][0].get(method)
       if r is None:
         cells += ["--"] * 4
         continue
-      def bold(key, text):
-        return f"\\textbf{{{text}}}" if r.get(key) is not None and abs(
-            r[key] - best[ds][key]) < 1e-9 else text
-      cells += [bold("accuracy", _cell(pct(r["accuracy"]), "{:.2f}")),
-                bold("nll", _cell(r["nll"], "{:.3f}")),
-                bold("ece", _cell(pct(r["ece"]), "{:.2f}")),
-                _cell(r["cost"], "{:.2f}" if r["cost"] % 1 else "{:.0f}")]
-    lines.append(f"{TAB2_LABEL[method]} & " + " & ".join(cells) + " \\\\")
+
+      def cell(key, fmt, scale, r=r, ds=ds):
+        mean = None if r[key] is None else scale * r[key]
+        std = None if r[key + "_std"] is None else scale * r[key + "_std"]
+        text = _pm(mean, std, fmt, r["n"])
+        return f"\\textbf{{{text}}}" if method in bold[ds][key] else text
+      cost = r["cost"]
+      cells += [cell("accuracy", "{:.2f}", 100.0), cell("nll", "{:.3f}", 1.0),
+                cell("ece", "{:.2f}", 100.0),
+                _cell(cost, "{:.2f}" if cost is not None and cost % 1 else "{:.0f}")]
+    lines.append(f"{TAB1_LABEL[method]} & " + " & ".join(cells) + " \\\\")
     if method in ("single member", "hard vote", "cascade"):
       lines.append("\\midrule")
   lines += ["\\bottomrule", "\\end{tabular}", ""]
   out.table(name, "\n".join(lines))
 
   for ds in sets:
-    rows, tag = res[ds]["rows"], {"digits": "Digits", "mnist": "Mnist"}[ds]
-    g = lambda m, k: rows.get(m, {}).get(k)
-    out.num(f"Fusion{tag}Members", str(res[ds]["members"]))
-    out.num(f"Fusion{tag}Folds", str(res[ds]["folds"]))
-    out.num(f"Fusion{tag}TrainSize", f"{res[ds]['train_size']:,}".replace(",", "{,}"))
+    rows, first = data[ds]
+    tag = {"digits": "Digits", "mnist": "Mnist"}[ds]
+    g = lambda m, k, rows=rows: rows.get(m, {}).get(k)
+    out.num(f"Fusion{tag}Members", str(first["members"]))
+    out.num(f"Fusion{tag}Folds", str(first["folds"]))
+    out.num(f"Fusion{tag}TrainSize", f"{first['train_size']:,}".replace(",", "{,}"))
     for key, method in (("Single", "single member"), ("Mean", "mean of probabilities"),
                         ("Logits", "mean of logits"), ("Vote", "hard vote"),
                         ("Weights", "learned weights"), ("Oof", "stacking, out-of-fold"),
@@ -323,38 +414,76 @@ def tab2(out: Out, rec):
                         ("UniSoup", "uniform soup (independent inits)"),
                         ("Boost", "gradient boosting"), ("Student", "distilled student")):
       out.num(f"Fusion{tag}{key}Acc", pct(g(method, "accuracy")))
+      out.num(f"Fusion{tag}{key}AccStd", pct(g(method, "accuracy_std")))
       out.num(f"Fusion{tag}{key}Nll", g(method, "nll"), "{:.3f}")
+      out.num(f"Fusion{tag}{key}NllStd", g(method, "nll_std"), "{:.3f}")
       out.num(f"Fusion{tag}{key}Ece", pct(g(method, "ece")))
     out.num(f"Fusion{tag}CascadeCost", g("cascade", "cost"))
     out.num(f"Fusion{tag}CascadeThreshold", g("cascade", "threshold"), "{:g}")
     out.num(f"Fusion{tag}BoostRounds", str(g("gradient boosting", "rounds")))
-    out.num(f"Fusion{tag}SoupIngredients", str(len(g("greedy soup (fine-tuned)", "ingredients")
-                                                   or [])))
-    out.num(f"Fusion{tag}SoupOffered",
-            str(g("greedy soup (fine-tuned)", "num_ingredients")))
+    kept = g("greedy soup (fine-tuned)", "ingredients") or []
+    out.num(f"Fusion{tag}SoupIngredients", kept and _and_list(sorted(set(kept))))
+    out.num(f"Fusion{tag}SoupOffered", str(g("greedy soup (fine-tuned)", "num_ingredients")))
+    # how many seeds order two methods the same way (for the text's rankings)
+    def wins(a, b, key, higher=True, g=g):
+      xs, ys = g(a, key + "_seeds"), g(b, key + "_seeds")
+      if not xs or not ys or None in xs or None in ys:
+        return None
+      n = sum((x > y) if higher else (x < y) for x, y in zip(xs, ys))
+      return f"{n} of {len(xs)}"
+    out.num(f"Fusion{tag}OofBeatsInNllSeeds", wins("stacking, out-of-fold",
+                                                   "stacking, in-sample", "nll", False))
+    out.num(f"Fusion{tag}BoostBeatsMeanSeeds", wins("gradient boosting",
+                                                    "mean of probabilities", "accuracy"))
+    out.num(f"Fusion{tag}MeanBeatsSingleNllSeeds", wins("mean of probabilities",
+                                                        "single member", "nll", False))
+
+
+def _and_list(items) -> str:
+  items = [str(i) for i in items]
+  return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 # --------------------------------------------------------------------------
-# Figure 3: training-set size
+# Figure 2: training-set size
 # --------------------------------------------------------------------------
-def fig3(out: Out, rec):
-  name = "fig3_data_size"
+def fig2(out: Out, rec):
+  name = "fig2_data_size"
   if rec is None:
-    placeholder(out, name, "Figure 3: training-set size", 2 * COL)
+    placeholder(out, name, "Figure 2: training-set size", 2 * COL)
     for k in ("OneSingleErr", "OneEnsErr", "FullSingleErr", "FullEnsErr", "OneSingleNll",
-              "OneEnsNll", "FullSingleNll", "FullEnsNll", "Members"):
+              "OneEnsNll", "FullSingleNll", "FullEnsNll", "Members", "Seeds"):
       out.num(f"DataSize{k}", None)
     return
-  rows = rec["result"]["rows"]
-  frac = np.array([100 * r["fraction"] for r in rows])
+  per = seed_results(rec)
+  members = per[0]["members"]
+  fracs = [r["fraction"] for r in per[0]["rows"]]
+  # one member: mean and std over every member of every seed; ensemble: over seeds
+  agg = []
+  for i, f in enumerate(fracs):
+    rs = [p["rows"][i] for p in per]
+    row = {"fraction": f, "train_size": rs[0]["train_size"]}
+    for key in ("error", "nll"):
+      # pooled over every member of every seed (each seed has as many members)
+      means = np.array([r["single"][f"{key}_mean"] for r in rs])
+      stds = np.array([r["single"][f"{key}_std"] for r in rs])
+      row[f"single_{key}"] = float(means.mean())
+      row[f"single_{key}_std"] = float(np.sqrt(np.mean(stds ** 2 + (means - means.mean()) ** 2)))
+      row[f"ens_{key}"], row[f"ens_{key}_std"] = mean_std([r["ensemble"][key] for r in rs])
+      row[f"ens_{key}_seeds"] = [r["ensemble"][key] for r in rs]
+      row[f"single_{key}_seeds"] = [r["single"][f"{key}_mean"] for r in rs]
+    agg.append(row)
+  frac = np.array([100 * f for f in fracs])
   fig, axes = plt.subplots(1, 3, figsize=(2 * COL, 1.6))
   for ax, key, label, scale in ((axes[0], "error", "test error (%)", 100.0),
                                 (axes[1], "nll", "test NLL (nats)", 1.0)):
-    sm = np.array([r["single"][f"{key}_mean"] for r in rows]) * scale
-    ss = np.array([r["single"][f"{key}_std"] for r in rows]) * scale
-    en = np.array([r["ensemble"][key] for r in rows]) * scale
+    sm = np.array([r[f"single_{key}"] for r in agg]) * scale
+    ss = np.array([r[f"single_{key}_std"] for r in agg]) * scale
+    en = np.array([r[f"ens_{key}"] for r in agg]) * scale
+    es = np.array([r[f"ens_{key}_std"] for r in agg]) * scale
     ax.errorbar(frac, sm, yerr=ss, fmt="-o", color=C_SINGLE, capsize=2, label="one member")
-    ax.plot(frac, en, "-s", color=C_ENS, label=f"ensemble of {rec['result']['members']}")
+    ax.errorbar(frac, en, yerr=es if len(per) > 1 else None, fmt="-s", color=C_ENS,
+                capsize=2, label=f"ensemble of {members}")
     ax.set_yscale("log")
     ticks = np.unique(np.round(np.geomspace(min(en.min(), sm.min()), max(en.max(), sm.max()), 4),
                                3 if key == "nll" else 1))
@@ -364,7 +493,7 @@ def fig3(out: Out, rec):
     ax.set_title(label)
   axes[0].legend(frameon=False)
   for key, fmt, label in (("error", "-o", "test error"), ("nll", "-s", "test NLL")):
-    red = [100 * (1 - r["ensemble"][key] / r["single"][f"{key}_mean"]) for r in rows]
+    red = [100 * (1 - r[f"ens_{key}"] / r[f"single_{key}"]) for r in agg]
     axes[2].plot(frac, red, fmt, color="k" if key == "error" else C_ALT, label=label)
   axes[2].set_title("reduction by ensembling (%)")
   axes[2].set_ylim(0, 1.35 * axes[2].get_ylim()[1])
@@ -377,59 +506,79 @@ def fig3(out: Out, rec):
     ax.set_xlabel("% of the training set")
   fig.tight_layout(w_pad=0.8)
   out.savefig(fig, name)
-  lo, hi = rows[0], rows[-1]
-  out.num("DataSizeMembers", str(rec["result"]["members"]))
+  lo, hi = agg[0], agg[-1]
+  out.num("DataSizeMembers", str(members))
+  out.num("DataSizeSeeds", of_seeds(len(per)))
   out.num("DataSizeSmallest", f"{100 * lo['fraction']:g}")
   out.num("DataSizeSmallestN", str(lo["train_size"]))
   for tag, r in (("One", lo), ("Full", hi)):
-    out.num(f"DataSize{tag}SingleErr", 100 * r["single"]["error_mean"])
-    out.num(f"DataSize{tag}EnsErr", 100 * r["ensemble"]["error"])
-    out.num(f"DataSize{tag}SingleNll", r["single"]["nll_mean"], "{:.3f}")
-    out.num(f"DataSize{tag}EnsNll", r["ensemble"]["nll"], "{:.3f}")
-    out.num(f"DataSize{tag}ErrRatio", r["ensemble"]["error"] / r["single"]["error_mean"])
-    out.num(f"DataSize{tag}NllRatio", r["ensemble"]["nll"] / r["single"]["nll_mean"])
-    out.num(f"DataSize{tag}ErrRed", 100 * (1 - r["ensemble"]["error"] / r["single"]["error_mean"]),
-            "{:.0f}")
-    out.num(f"DataSize{tag}NllRed", 100 * (1 - r["ensemble"]["nll"] / r["single"]["nll_mean"]),
-            "{:.0f}")
+    out.num(f"DataSize{tag}SingleErr", 100 * r["single_error"])
+    out.num(f"DataSize{tag}EnsErr", 100 * r["ens_error"])
+    out.num(f"DataSize{tag}EnsErrStd", 100 * r["ens_error_std"])
+    out.num(f"DataSize{tag}SingleNll", r["single_nll"], "{:.3f}")
+    out.num(f"DataSize{tag}EnsNll", r["ens_nll"], "{:.3f}")
+    out.num(f"DataSize{tag}ErrRatio", r["ens_error"] / r["single_error"])
+    out.num(f"DataSize{tag}NllRatio", r["ens_nll"] / r["single_nll"])
+    out.num(f"DataSize{tag}ErrRed", 100 * (1 - r["ens_error"] / r["single_error"]), "{:.0f}")
+    out.num(f"DataSize{tag}NllRed", 100 * (1 - r["ens_nll"] / r["single_nll"]), "{:.0f}")
+  # in how many (seed, size) pairs the ensemble beats its own mean member on both metrics
+  pairs = [(e < s_ and en < sn) for r in agg for e, s_, en, sn in zip(
+      r["ens_error_seeds"], r["single_error_seeds"], r["ens_nll_seeds"], r["single_nll_seeds"])]
+  out.num("DataSizeEnsBetterPairs", f"{sum(pairs)} of {len(pairs)}")
   out.num("DataSizeMinSteps", str(rec["config"].get("min_steps", 0)))
   out.num("DataSizeEpochs", str(rec["config"]["epochs"]))
 
 
 # --------------------------------------------------------------------------
-# Figure 4: cascade
+# Figure 3: cascade
 # --------------------------------------------------------------------------
-def fig4(out: Out, rec):
-  name = "fig4_cascade"
+def _mean_curve(per, key):
+  """The per-threshold mean over seeds of a sweep (every seed sweeps the same thresholds)."""
+  runs = [p.get(key) or [] for p in per]
+  if not all(runs) or len({len(r) for r in runs}) != 1:
+    return None
+  return [{"threshold": rows[0].get("threshold"),
+           "cost_fraction": float(np.mean([r["cost_fraction"] for r in rows])),
+           "accuracy": float(np.mean([r["accuracy"] for r in rows]))}
+          for rows in zip(*runs)]
+
+
+def fig3(out: Out, rec):
+  name = "fig3_cascade"
+  keys = ("MatchCost", "MatchValCost", "MatchValAcc", "FullAcc", "Members", "SingleAcc",
+          "MatchThreshold", "Seeds", "MatchValCostStd", "MatchValAccStd", "FullAccStd")
   if rec is None:
-    placeholder(out, name, "Figure 4: cascade")
-    for k in ("MatchCost", "MatchValCost", "MatchValAcc", "FullAcc", "Members", "SingleAcc",
-              "MatchThreshold"):
+    placeholder(out, name, "Figure 3: cascade")
+    for k in keys:
       out.num(f"Cascade{k}", None)
     return
-  res = rec["result"]
-  m = res["members"]
-  full = res["prefix"][-1]["accuracy"]
+  per = seed_results(rec)
+  m = per[0]["members"]
+  pre = _mean_curve(per, "prefix")
+  full, full_std = mean_std([p["prefix"][-1]["accuracy"] for p in per])
   fig, ax = plt.subplots(figsize=(COL, 2.0))
-  pre = res["prefix"]
-  ax.plot([p["cost_fraction"] for p in pre], [100 * p["accuracy"] for p in pre], "s--",
+  ax.plot([q["cost_fraction"] for q in pre], [100 * q["accuracy"] for q in pre], "s--",
           color=C_GREY, label="first k members (fixed)")
-  styles = {"max_prob": ("-o", C_ENS, "cascade, top probability"),
-            "margin": ("-^", C_ALT, "cascade, top-2 margin")}
-  for conf, (fmt, color, label) in styles.items():
-    rows = res.get(f"test_{conf}")
+  styles = {"max_prob": ("o", C_ENS, "cascade, top probability"),
+            "margin": ("^", C_ALT, "cascade, top-2 margin")}
+  for conf, (marker, color, label) in styles.items():
+    rows = _mean_curve(per, f"test_{conf}")
     if not rows:
       continue
-    rows = sorted(rows, key=lambda r: r["cost_fraction"])
-    ax.plot([r["cost_fraction"] for r in rows], [100 * r["accuracy"] for r in rows], fmt,
-            color=color, label=label, alpha=0.9)
+    fj_plot().cost_accuracy([r["cost_fraction"] for r in rows],
+                          [100 * r["accuracy"] for r in rows], ax=ax, label=label)
+    ax.lines[-1].set(color=color, marker=marker, alpha=0.9)
   ax.axhline(100 * full, color="k", lw=0.7, ls=":")
   ax.text(0.5, 100 * full, f"full ensemble of {m}", ha="left", va="bottom", fontsize=6.5,
           transform=matplotlib.transforms.blended_transform_factory(ax.transAxes, ax.transData))
-  match = res.get("match_test_max_prob")
-  if match:
-    ax.plot([match["cost_fraction"]], [100 * match["accuracy"]], "*", color="k", ms=9, zorder=5,
-            label=f"matches full at {100 * match['cost_fraction']:.0f}% cost")
+  val = [p.get("match_val_max_prob") for p in per]
+  val_ok = all(val)
+  if val_ok:
+    vc, vcs = mean_std([v["cost_fraction"] for v in val])
+    va, vas = mean_std([v["accuracy"] for v in val])
+    ax.errorbar([vc], [100 * va], xerr=[vcs] if len(per) > 1 else None,
+                yerr=[100 * vas] if len(per) > 1 else None, fmt="*", color="k", ms=9,
+                zorder=5, capsize=2, label=f"threshold chosen on val.: {100 * vc:.1f}% cost")
   ax.set_xlabel("average cost (fraction of the full ensemble's FLOPs)")
   ax.set_ylabel("test accuracy (%)")
   lo = min(100 * pre[0]["accuracy"], 100 * full) - 0.1
@@ -439,27 +588,41 @@ def fig4(out: Out, rec):
   fig.tight_layout()
   out.savefig(fig, name)
   out.num("CascadeMembers", str(m))
+  out.num("CascadeSeeds", of_seeds(len(per)))
   out.num("CascadeFullAcc", 100 * full)
+  out.num("CascadeFullAccStd", 100 * full_std)
   out.num("CascadeSingleAcc", 100 * pre[0]["accuracy"])
-  out.num("CascadeMatchCost", None if not match else 100 * match["cost_fraction"], "{:.0f}")
-  out.num("CascadeMatchAcc", None if not match else 100 * match["accuracy"])
-  out.num("CascadeMatchThreshold", None if not match else match["threshold"], "{:g}")
-  mv = res.get("match_val_max_prob")
-  out.num("CascadeMatchValCost", None if not mv else 100 * mv["cost_fraction"], "{:.0f}")
-  out.num("CascadeMatchValAcc", None if not mv else 100 * mv["accuracy"])
-  out.num("CascadeMatchValThreshold", None if not mv else mv["threshold"], "{:g}")
-  mm = res.get("match_test_margin")
-  out.num("CascadeMarginMatchCost", None if not mm else 100 * mm["cost_fraction"], "{:.0f}")
-  out.num("CascadeMemberMflops", res.get("member_flops", float("nan")) / 1e6, "{:.2f}")
+  out.num("CascadeSingleCost", 100 / m, "{:.1f}")
+  # the headline: threshold chosen on the validation split, scored on test
+  out.num("CascadeMatchValCost", 100 * vc if val_ok else None, "{:.1f}")
+  out.num("CascadeMatchValCostStd", 100 * vcs if val_ok else None, "{:.1f}")
+  out.num("CascadeMatchValAcc", 100 * va if val_ok else None)
+  out.num("CascadeMatchValAccStd", 100 * vas if val_ok else None)
+  thresholds = sorted({v["threshold"] for v in val}) if val_ok else []
+  out.num("CascadeMatchValThreshold", _and_list([f"{t:g}" for t in thresholds])
+          if thresholds else None)
+  if val_ok:  # seeds where the validation-chosen cascade is at least as accurate on test
+    n = sum(v["accuracy"] >= p["prefix"][-1]["accuracy"] for v, p in zip(val, per))
+    out.num("CascadeMatchValSeeds", f"{n} of {len(per)}")
+  # the oracle (threshold chosen on test), for reference only
+  test = [p.get("match_test_max_prob") for p in per]
+  out.num("CascadeMatchCost", 100 * mean_std([t["cost_fraction"] for t in test])[0]
+          if all(test) else None, "{:.1f}")
+  mv = [p.get("match_val_margin") for p in per]
+  out.num("CascadeMarginMatchValCost", 100 * mean_std([v["cost_fraction"] for v in mv])[0]
+          if all(mv) else None, "{:.1f}")
+  out.num("CascadeMarginMatchValAcc", 100 * mean_std([v["accuracy"] for v in mv])[0]
+          if all(mv) else None)
+  out.num("CascadeMemberMflops", per[0].get("member_flops", float("nan")) / 1e6, "{:.2f}")
 
 
 # --------------------------------------------------------------------------
-# Figure 5: joint vs independent
+# Figure 4: joint vs independent
 # --------------------------------------------------------------------------
-def fig5(out: Out, rec):
-  name = "fig5_joint"
+def fig4(out: Out, rec):
+  name = "fig4_joint"
   if rec is None:
-    placeholder(out, name, "Figure 5: joint vs independent", 2 * COL)
+    placeholder(out, name, "Figure 4: joint vs independent", 2 * COL)
     for k in ("IndepEnsAcc", "JointEnsAcc", "IndepMemberAcc", "JointMemberAcc", "IndepDis",
               "JointDis", "IndepGain", "JointGain", "Members"):
       out.num(f"Joint{k}", None)
@@ -513,9 +676,19 @@ def fig5(out: Out, rec):
     out.num(f"Joint{tag}Dis", at(k, lambda r: 100 * r["disagreement"]))
     out.num(f"Joint{tag}Gain", at(k, lambda r: 100 * r["gain_accuracy"]))
   lams = [k for k in keys if k not in (0.0, "joint")]
-  best = min(keys, key=lambda k: at(k, lambda r: r["ensemble"]["error"]))
-  out.num("JointBestLam", "independent" if best == 0.0 else (
-      "joint" if best == "joint" else f"$\\lambda={best:g}$"))
+  err, err_std = agg(lambda r: r["ensemble"]["error"])
+  best = keys[int(np.argmin(err))]
+  word = lambda k: "independent" if k == 0.0 else ("joint" if k == "joint" else f"$\\lambda={k:g}$")
+  out.num("JointBestLam", word(best))
+  # settings whose mean +- std interval of the ensemble error overlaps the best one's
+  b = int(np.argmin(err))
+  tied = [k for i, k in enumerate(keys) if i != b and abs(err[i] - err[b]) <= err_std[i] + err_std[b]]
+  out.num("JointTiedWithBest", _and_list([word(k) for k in tied]).replace(" or ", " and ")
+          if tied else "none")
+  out.num("JointSeeds", of_seeds(len({r["seed"] for r in rows})))
+  out.num("JointIndepEnsAccStd", 100 * float(err_std[keys.index(0.0)]) if 0.0 in keys else None)
+  out.num("JointJointEnsAccStd", 100 * float(err_std[keys.index("joint")])
+          if "joint" in keys else None)
   out.num("JointMaxLam", f"{max(lams):g}" if lams else None)
   out.num("JointMaxLamDis", at(max(lams), lambda r: 100 * r["disagreement"]) if lams else None)
   out.num("JointMaxLamEnsErr", at(max(lams), lambda r: 100 * r["ensemble"]["error"])
@@ -526,52 +699,70 @@ def fig5(out: Out, rec):
 
 
 # --------------------------------------------------------------------------
-# Figure 6: heterogeneous fusion
+# Figure 5: heterogeneous fusion
 # --------------------------------------------------------------------------
-def fig6(out: Out, rec):
-  name = "fig6_heterogeneous"
+def fig5(out: Out, rec):
+  name = "fig5_heterogeneous"
   if rec is None:
-    placeholder(out, name, "Figure 6: heterogeneous fusion")
+    placeholder(out, name, "Figure 5: heterogeneous fusion")
     for k in ("CnnAcc", "GruAcc", "MeanAcc", "WeightedAcc", "GroupWeightedAcc", "StackAcc",
-              "BestMemberAcc", "CrossDis", "WithinDis"):
+              "BestMemberAcc", "CrossDis", "WithinDis", "Seeds"):
       out.num(f"Hetero{k}", None)
     return
-  res = rec["result"]
-  rows = res["rows"]
-  order = [k for k in rows if rows[k]["kind"] == "member"] + [
-      k for k in rows if rows[k]["kind"] != "member"]
+  per = seed_results(rec)
+  res = per[0]
+  first = res["rows"]
+  order = [k for k in first if first[k]["kind"] == "member"] + [
+      k for k in first if first[k]["kind"] != "member"]
+
+  def stat(k, key):
+    return mean_std([p["rows"].get(k, {}).get(key) for p in per])
+
+  def seeds_of_row(k, key):
+    return [p["rows"].get(k, {}).get(key) for p in per]
+
   colors = {"member": "#9ecae1", "group mean": C_SINGLE, "mean": C_ENS, "learned": C_ALT}
   fig, axes = plt.subplots(1, 2, figsize=(COL, 2.35), sharey=True)
   y = np.arange(len(order))[::-1]
   for ax, key, label, scale in ((axes[0], "error", "test error (%)", 100.0),
                                 (axes[1], "nll", "test NLL", 1.0)):
-    vals = [rows[k][key] * scale for k in order]
-    ax.barh(y, vals, color=[colors[rows[k]["kind"]] for k in order], height=0.7)
-    for yi, v in zip(y, vals):
-      ax.text(v, yi, f" {v:.2f}" if key == "error" else f" {v:.3f}", va="center", fontsize=5.5)
+    vals = [stat(k, key)[0] * scale for k in order]
+    errs = [stat(k, key)[1] * scale for k in order]
+    ax.barh(y, vals, xerr=errs if len(per) > 1 else None, error_kw={"lw": 0.6, "capsize": 1.5},
+            color=[colors[first[k]["kind"]] for k in order], height=0.7)
+    for yi, v, e in zip(y, vals, errs):
+      ax.text(v + e, yi, f" {v:.2f}" if key == "error" else f" {v:.3f}", va="center",
+              fontsize=5.5)
     ax.set_title(label)
-    ax.set_xlim(0, max(vals) * 1.3)
+    ax.set_xlim(0, max(v + e for v, e in zip(vals, errs)) * 1.35)
   axes[0].set_yticks(y)
   axes[0].set_yticklabels([k.replace("member ", "") for k in order])
   fig.tight_layout(w_pad=0.5)
   out.savefig(fig, name)
-  g = lambda k: rows.get(k, {}).get("accuracy")
-  out.num("HeteroCnnAcc", pct(g("mean of cnn")))
-  out.num("HeteroGruAcc", pct(g("mean of gru")))
-  out.num("HeteroMeanAcc", pct(g("mean of all")))
-  out.num("HeteroWeightedAcc", pct(g("weighted (per member)")))
-  out.num("HeteroGroupWeightedAcc", pct(g("weighted (group means)")))
-  out.num("HeteroStackAcc", pct(g("stacking (linear)")))
-  out.num("HeteroMeanNll", rows.get("mean of all", {}).get("nll"), "{:.3f}")
-  out.num("HeteroCnnNll", rows.get("mean of cnn", {}).get("nll"), "{:.3f}")
-  out.num("HeteroGruNll", rows.get("mean of gru", {}).get("nll"), "{:.3f}")
-  out.num("HeteroStackNll", rows.get("stacking (linear)", {}).get("nll"), "{:.3f}")
-  members = [k for k in rows if rows[k]["kind"] == "member"]
-  out.num("HeteroBestMemberAcc", max(100 * rows[k]["accuracy"] for k in members))
+  acc = lambda k: None if stat(k, "accuracy")[0] is None else 100 * stat(k, "accuracy")[0]
+  acc_std = lambda k: None if stat(k, "accuracy")[1] is None else 100 * stat(k, "accuracy")[1]
+  for tag, k in (("Cnn", "mean of cnn"), ("Gru", "mean of gru"), ("Mean", "mean of all"),
+                 ("Weighted", "weighted (per member)"),
+                 ("GroupWeighted", "weighted (group means)"), ("Stack", "stacking (linear)")):
+    out.num(f"Hetero{tag}Acc", acc(k))
+    out.num(f"Hetero{tag}AccStd", acc_std(k))
+    out.num(f"Hetero{tag}Nll", stat(k, "nll")[0], "{:.3f}")
+  members = [k for k in first if first[k]["kind"] == "member"]
+  out.num("HeteroBestMemberAcc", max(acc(k) for k in members))
   for grp in ("cnn", "gru"):
-    accs = [100 * rows[k]["accuracy"] for k in members if rows[k]["group"] == grp]
-    out.num(f"Hetero{grp.capitalize()}MemberAcc", float(np.mean(accs)))
-  dm = np.array(res["disagreement_matrix"])
+    out.num(f"Hetero{grp.capitalize()}MemberAcc",
+            float(np.mean([acc(k) for k in members if first[k]["group"] == grp])))
+
+  def count(a, b, higher=True):  # seeds where method a is more accurate than b
+    xs, ys = seeds_of_row(a, "accuracy"), seeds_of_row(b, "accuracy")
+    if None in xs or None in ys:
+      return None
+    n = sum((x > y) if higher else (x < y) for x, y in zip(xs, ys))
+    return f"{n} of {len(xs)}"
+  out.num("HeteroMeanBelowCnnSeeds", count("mean of all", "mean of cnn", higher=False))
+  out.num("HeteroWeightedAboveMeanSeeds", count("weighted (per member)", "mean of all"))
+  out.num("HeteroWeightedAboveCnnSeeds", count("weighted (per member)", "mean of cnn"))
+  dm = np.mean([np.array(p["disagreement_matrix"]) for p in per], axis=0)
   groups = [n.split("/")[0] for n in res["names"]]
   same = [dm[i, j] for i in range(len(groups)) for j in range(len(groups))
           if i < j and groups[i] == groups[j]]
@@ -580,21 +771,22 @@ def fig6(out: Out, rec):
   out.num("HeteroWithinDis", 100 * float(np.mean(same)) if same else None)
   out.num("HeteroCrossDis", 100 * float(np.mean(cross)) if cross else None)
   out.num("HeteroTrainSize", f"{res['train_size']:,}".replace(",", "{,}"))
-  w = rows.get("weighted (group means)", {}).get("weights")
-  out.num("HeteroCnnWeight", None if not w else w[0])
+  out.num("HeteroSeeds", of_seeds(len(per)))
+  w = [p["rows"].get("weighted (group means)", {}).get("weights") for p in per]
+  out.num("HeteroCnnWeight", mean_std([x[0] for x in w])[0] if all(w) else None)
   flops = res.get("member_flops", {})
   out.num("HeteroCnnMflops", flops.get("cnn", float("nan")) / 1e6, "{:.2f}")
   out.num("HeteroGruMflops", flops.get("gru", float("nan")) / 1e6, "{:.2f}")
 
 
 # --------------------------------------------------------------------------
-# Figure 7: throughput
+# Figure 6: throughput
 # --------------------------------------------------------------------------
-def fig7(out: Out, rec):
-  name = "fig7_throughput"
+def fig6(out: Out, rec):
+  name = "fig6_throughput"
   rows = [] if rec is None else rec["result"]["rows"]
   if not rows:
-    placeholder(out, name, "Figure 7: throughput")
+    placeholder(out, name, "Figure 6: throughput")
     for k in ("Speedup", "Stacked", "Loop", "M", "Model", "MaxMembers", "Source", "Cpus"):
       out.num(f"Tput{k}", None)
     return
@@ -646,29 +838,29 @@ def fig7(out: Out, rec):
 # --------------------------------------------------------------------------
 FIGURE_OF = {"fig1_ensemble_size": "Fig.~\\ref{fig:size}",
              "fig1_cnn_ensemble_size": "Sec.~\\ref{sec:cnnanchor}",
-             "tab2_fusion_methods": "Tab.~\\ref{tab:fusion}",
-             "fig3_data_size": "Fig.~\\ref{fig:datasize}",
-             "fig4_cascade": "Fig.~\\ref{fig:cascade}",
-             "fig5_joint": "Fig.~\\ref{fig:joint}", "fig6_heterogeneous": "Fig.~\\ref{fig:hetero}",
-             "fig7_throughput": "Fig.~\\ref{fig:throughput}"}
+             "tab1_fusion_methods": "Tab.~\\ref{tab:fusion}",
+             "fig2_data_size": "Fig.~\\ref{fig:datasize}",
+             "fig3_cascade": "Fig.~\\ref{fig:cascade}",
+             "fig4_joint": "Fig.~\\ref{fig:joint}",
+             "fig5_heterogeneous": "Fig.~\\ref{fig:hetero}",
+             "fig6_throughput": "Fig.~\\ref{fig:throughput}"}
 
 
 def runtimes(out: Out, recs: dict):
-  lines = ["\\begin{tabular}{llr}", "\\toprule", "result & config & runtime (min) \\\\",
-           "\\midrule"]
+  lines = ["\\begin{tabular}{llrr}", "\\toprule",
+           "result & config & seeds & runtime (min) \\\\", "\\midrule"]
   total = 0.0
   for name, label in FIGURE_OF.items():
     rec = recs.get(name)
     t = minutes(rec)
     total += t or 0.0
-    lines.append(f"{label} & \\texttt{{{name.replace('_', chr(92) + '_')}}} & "
+    seeds = "--" if rec is None else str(len(rec["config"].get("seeds", [0])))
+    lines.append(f"{label} & \\texttt{{{name.replace('_', chr(92) + '_')}}} & {seeds} & "
                  f"{'--' if t is None else f'{t:.1f}'} \\\\")
     out.num("Runtime" + "".join(w.capitalize() for w in re.findall(r"[a-z]+", name)), t, "{:.1f}")
-  lines += ["\\midrule", f"total & & {total:.1f} \\\\", "\\bottomrule", "\\end{tabular}", ""]
+  lines += ["\\midrule", f"total & & & {total:.1f} \\\\", "\\bottomrule", "\\end{tabular}", ""]
   out.table("runtimes", "\n".join(lines))
   out.num("RuntimeTotal", total, "{:.1f}")
-  summary = recs.get("run_summary")
-  out.num("RuntimeWall", None if summary is None else summary["wall_s"] / 60, "{:.1f}")
   any_rec = next((r for r in recs.values() if r and "machine" in r), None)
   mach = (any_rec or {}).get("machine", {})
   out.num("MachineCpus", str(mach.get("cpu_count", "n/a")))
@@ -681,20 +873,22 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--results", default=str(ROOT / "experiments" / "results"))
   p.add_argument("--out", default=str(ROOT / "paper"))
+  p.add_argument("--allow-smoke", action="store_true",
+                 help="draw smoke results too (tests only; refused when --out is paper/)")
   args = p.parse_args(argv)
+  if args.allow_smoke and pathlib.Path(args.out).resolve() == (ROOT / "paper").resolve():
+    p.error("--allow-smoke draws smoke results; it may not write into paper/ (pass --out DIR)")
   results = pathlib.Path(args.results)
   out = Out(pathlib.Path(args.out))
-  names = ["fig1_ensemble_size", "fig1_cnn_ensemble_size", "tab2_fusion_methods", "fig3_data_size", "fig4_cascade",
-           "fig5_joint", "fig6_heterogeneous", "fig7_throughput", "run_summary"]
-  recs = {n: load(results, n) for n in names}
+  recs = {n: load(results, n, args.allow_smoke) for n in FIGURE_OF}
   fig1(out, recs["fig1_ensemble_size"])
   fig1_cnn(out, recs["fig1_cnn_ensemble_size"])
-  tab2(out, recs["tab2_fusion_methods"])
-  fig3(out, recs["fig3_data_size"])
-  fig4(out, recs["fig4_cascade"])
-  fig5(out, recs["fig5_joint"])
-  fig6(out, recs["fig6_heterogeneous"])
-  fig7(out, recs["fig7_throughput"])
+  tab1(out, recs["tab1_fusion_methods"])
+  fig2(out, recs["fig2_data_size"])
+  fig3(out, recs["fig3_cascade"])
+  fig4(out, recs["fig4_joint"])
+  fig5(out, recs["fig5_heterogeneous"])
+  fig6(out, recs["fig6_throughput"])
   runtimes(out, recs)
   out.write_macros(ROOT / "paper" / "main.tex")
   print(f"[figures] wrote {len(list(out.fig.glob('*.pdf')))} figures, "
