@@ -133,6 +133,11 @@ def soft_vote(weights: Optional[Any] = None, probs: bool = False) -> Fusion:
     probability can come out one ulp apart, so ``argmax`` may pick the other
     class than scikit-learn's lowest index. Use ``probs=True`` where ties matter.
 
+  Both are sums over the member axis: with the members sharded over a mesh,
+  each device sums its own and one all-reduce of ``[B, C]`` adds the devices'
+  partial sums, in another order than one device's. The probabilities still
+  agree at rtol 1e-6; the exact-tie promise above is for unsharded members.
+
   Unlike :func:`weighted` the member count need not be known in advance
   (weights are checked against ``M`` at trace time).
 
