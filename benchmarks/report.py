@@ -24,6 +24,7 @@ SECTIONS = [
     ("compile_memory", "Compile time, memory, start-up"),
     ("donation", "Donating a single-member step's state, with and without the guard"),
     ("chunk_sweep", "Members per chunk (how `member_chunk='auto'` was chosen)"),
+    ("scale", "Scale: a thousand members over 8 simulated devices (issue 24)"),
 ]
 SCRIPT = {"ensemble_step_cnn": "ensemble_step"}  # result name -> the script that wrote it
 MNIST_PARAMS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
@@ -151,6 +152,20 @@ def targets(res):
                   f"{st['spawn_to_first_step_s']:.2f} s median (min "
                   f"{st['min_spawn_to_first_step_s']:.2f}): imports {st['imports_s']:.2f} s, "
                   f"init {st['init_s']:.2f} s, first step {st['first_step_s']:.2f} s"))
+  sc = res.get("scale")
+  if sc:
+    for r in sc["sharded"]["rows"]:
+      if r["program"].startswith("step") and r["members"] == max(
+          x["members"] for x in sc["sharded"]["rows"]):
+        wall, cpu = r["compile_vs_smallest"]["median"], r.get("compile_cpu_s")
+        small = min(x["members"] for x in sc["sharded"]["rows"])
+        base = row(sc["sharded"]["rows"], program=r["program"], members=small)
+        cpu_ratio = cpu / base["compile_cpu_s"] if cpu and base else None
+        out.append((f"Sharded {r['program']} (8 simulated devices): compile at "
+                    f"M={r['members']} <= 1.5x M={small}",
+                    verdict(wall <= 1.5 and (cpu_ratio is None or cpu_ratio <= 1.5)),
+                    f"wall {wall:.2f}x (median of per-round ratios)" +
+                    (f", CPU {cpu_ratio:.2f}x" if cpu_ratio else "")))
   return out
 
 
