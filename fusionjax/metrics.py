@@ -63,6 +63,11 @@ __all__ = [
 ]
 
 
+def __dir__():
+  # dir() and tab completion show the API, not the imports (np, jnp, jax, errors...).
+  return sorted(__all__)
+
+
 # --------------------------------------------------------------------------
 # validation (Python, runs at trace time)
 # --------------------------------------------------------------------------

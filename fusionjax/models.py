@@ -11,6 +11,13 @@ import jax.numpy as jnp
 
 from fusionjax import errors
 
+# The API; the imports above (nn, jnp, errors, Sequence) are not part of it.
+__all__ = ["MLP", "CNN", "CNN1D", "RowRNN", "RowGRU", "RowLSTM", "ResNet", "max_pool"]
+
+
+def __dir__():
+  return sorted(__all__)
+
 
 def _check_rank(name: str, x, ranks: Sequence[int], fix: str):
   if x.ndim not in ranks:

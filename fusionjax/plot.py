@@ -35,6 +35,10 @@ __all__ = ["reliability_diagram", "metric_vs_size", "cost_accuracy", "disagreeme
 BANDS = ("minmax", "std")
 
 
+def __dir__():
+  return sorted(__all__)
+
+
 def _axes(ax):
   if ax is not None:
     return ax
@@ -119,7 +123,7 @@ def reliability_diagram(probs, labels, *, bins: int = 15, ax=None, label: Option
   ax.bar(left, acc[k], width=width, align="edge", color="C0", edgecolor="k", lw=0.5,
          label=name)
   ax.bar(left, conf[k] - acc[k], bottom=acc[k], width=width, align="edge", color="C3",
-         alpha=0.3, edgecolor="C3", lw=0.5, label="gap to mean confidence")
+         alpha=0.3, edgecolor="C3", lw=0.5, label="gap to confidence")
   ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
          ylabel="accuracy", aspect="equal")
   ax.legend(loc="upper left", fontsize="small")
@@ -127,7 +131,7 @@ def reliability_diagram(probs, labels, *, bins: int = 15, ax=None, label: Option
 
 
 def metric_vs_size(sizes, values, *, ax=None, label: Optional[str] = None,
-                   band: str = "minmax"):
+                   band: str = "minmax", over: str = "seeds"):
   """A metric against ensemble size: the mean over seeds and a band around it.
 
   Args:
@@ -136,9 +140,11 @@ def metric_vs_size(sizes, values, *, ax=None, label: Optional[str] = None,
       ``values[None]`` for a single run (no band then).
     ax: the matplotlib Axes to draw on; a new figure's when None.
     label: the legend entry; the band's meaning is appended, e.g.
-      ``'NLL (mean, band: min-max over 3 seeds)'``.
+      ``'NLL\\n(mean; band: min-max over 3 seeds)'``.
     band: ``'minmax'`` (the band spans the seeds' minimum to maximum) or
       ``'std'`` (mean +- one standard deviation over seeds, ``ddof=0``).
+    over: what the rows of ``values`` are, for the legend (``'seeds'``; e.g.
+      ``'draws of members'``).
 
   Returns:
     The Axes; ``ax.lines[-1]`` is the mean, ``ax.collections[-1]`` the band.
@@ -166,20 +172,23 @@ def metric_vs_size(sizes, values, *, ax=None, label: Optional[str] = None,
   mean = v.mean(0)
   seeds = v.shape[0]
   if band == "minmax":
-    lo, hi, what = v.min(0), v.max(0), f"min-max over {seeds} seeds"
+    lo, hi, what = v.min(0), v.max(0), f"min-max over {seeds} {over}"
   else:
     sd = v.std(0)
-    lo, hi, what = mean - sd, mean + sd, f"mean +- 1 std over {seeds} seeds"
+    lo, hi, what = mean - sd, mean + sd, f"mean +- 1 std over {seeds} {over}"
   if seeds == 1:
     name = label
   else:
-    name = f"{label} (mean, band: {what})" if label else f"mean, band: {what}"
+    name = f"{label}\n(mean; band: {what})" if label else f"mean; band: {what}"
   ax = _axes(ax)
   line, = ax.plot(x, mean, marker="o", ms=3, label=name)
   if seeds > 1:
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
   if not ax.get_xlabel():
     ax.set_xlabel("ensemble size")
+  if np.all(x == np.round(x)):
+    from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   if name:
     ax.legend(fontsize="small")
   return ax

@@ -1,0 +1,117 @@
+"""The README names only what exists, and the modules export only their API.
+
+* every ``fj.a.b`` / ``fusionjax.a.b`` (and ``fu.x`` after ``from fusionjax import fusion as
+  fu``) in README.md resolves;
+* every backticked name in a row of the "What is inside" table resolves in that row's module
+  (or is an error class, a regime or a layout name, or a ``fj.`` name);
+* the README's ``from_arrays`` example runs and prints what it says;
+* ``__all__`` of metrics and models resolves, and ``dir()`` shows no imported modules.
+"""
+import re
+import types
+
+import pytest
+
+import fusionjax as fj
+from fj_testing import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _resolve(dotted: str):
+  obj = fj
+  for part in dotted.split("."):
+    obj = getattr(obj, part)
+  return obj
+
+
+def _fj_names(text: str) -> set:
+  names = set(re.findall(r"\b(?:fj|fusionjax)\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)", text))
+  for sub, alias in re.findall(r"from fusionjax import (\w+) as (\w+)", text):
+    names |= {f"{sub}.{n}" for n in re.findall(rf"\b{alias}\.([A-Za-z_]\w*)", text)}
+  return names
+
+
+def test_parser_finds_the_names():
+  names = _fj_names(README)
+  assert {"train.make_trainer", "data.load", "fusion.chain", "data.from_arrays"} <= names
+  assert _fj_names("`fj.ensemble.bootstrap_indices` and fj.x") == {"ensemble.bootstrap_indices",
+                                                                   "x"}
+
+
+@pytest.mark.parametrize("name", sorted(_fj_names(README)))
+def test_every_fj_name_in_the_readme_resolves(name):
+  try:
+    _resolve(name)
+  except AttributeError as e:
+    pytest.fail(f"README.md names fj.{name}, which does not exist ({e}); fix the README")
+
+
+def _table_rows():
+  for line in README.splitlines():
+    m = re.match(r"\| `fusionjax\.(\w+)` \|(.*)\|\s*$", line)
+    if m:
+      yield m.group(1), m.group(2)
+
+
+def _row_names(cell: str):
+  for token in re.findall(r"`([^`]+)`", cell):
+    if token.startswith(("fj.", "fusionjax.")):
+      yield token.split("(")[0].split(".", 1)[1]    # checked from the root
+      continue
+    for part in token.split("/"):
+      part = part.strip()
+      if re.fullmatch(r"[A-Za-z_]\w*", part):
+        yield part
+
+
+def test_table_lists_every_module_and_only_names_that_exist():
+  rows = dict(_table_rows())
+  assert set(rows) >= {"ensemble", "train", "fusion", "data", "metrics", "select", "integrate",
+                       "models", "plot", "errors"}
+  allowed_words = set(fj.train.REGIMES) | set(fj.train.LAYOUTS)   # strings, not functions
+  missing = []
+  for module, cell in rows.items():
+    mod = getattr(fj, module)
+    for name in _row_names(cell):
+      if "." in name:
+        ok = _try(name)
+      else:
+        ok = hasattr(mod, name) or hasattr(fj.errors, name) or name in allowed_words
+      if not ok:
+        missing.append(f"fusionjax.{module}: {name}")
+  assert not missing, f"README's module table names what does not exist: {missing}"
+
+
+def _try(name):
+  try:
+    _resolve(name)
+    return True
+  except AttributeError:
+    return False
+
+
+def test_readme_from_arrays_example_runs(capsys):
+  block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S)
+               if "fj.data.from_arrays" in b)
+  exec(compile(block, "README.md", "exec"), {})  # pylint: disable=exec-used
+  assert capsys.readouterr().out.split() == ["400", "100", "2"]
+
+
+@pytest.mark.parametrize("module", ["metrics", "models", "plot"])
+def test_modules_export_only_their_api(module):
+  mod = getattr(fj, module)
+  for name in mod.__all__:
+    assert hasattr(mod, name), f"fj.{module}.__all__ names {name}, which does not exist"
+  shown = [n for n in dir(mod) if not n.startswith("_")]
+  assert sorted(shown) == sorted(mod.__all__)
+  assert not [n for n in shown if isinstance(getattr(mod, n), types.ModuleType)]
+  assert "np" not in dir(fj.metrics) and "nn" not in dir(fj.models)
+
+
+def test_subpackages_show_no_imported_modules():
+  for name in fj.__all__:
+    mod = getattr(fj, name)
+    leaked = [n for n in dir(mod) if not n.startswith("_")
+              and isinstance(getattr(mod, n), types.ModuleType)]
+    assert not leaked, f"fj.{name} shows modules {leaked}; import them privately or set __dir__"
