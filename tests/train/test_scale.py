@@ -85,3 +85,19 @@ def test_two_processes_train_evaluate_checkpoint_resume_64_members_as_one(tmp_pa
     # matmuls differently; Adam turns the last-bit differences of a near-zero
     # gradient into ~4e-6 in one weight of 82k after 8 steps (99.9% differ < 6e-8).
     np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_collectives_reads_ops_and_shapes_from_compiled_hlo():
+  from fusionjax.train._sharding import collectives
+  text = """
+  %all-reduce = s32[32]{0} all-reduce(%x), channel_id=1, to_apply=%r
+  %f = f32[32,10]{1,0} fusion(%all-reduce), kind=kLoop
+  %ag = (f32[1024]{0}, pred[1024]{0}) all-gather-start(%a, %b), dimensions={0}
+  %agd = (f32[1024]{0}, pred[1024]{0}) all-gather-done(%ag)
+  ROOT %all-reduce.1 = f32[32,10]{1,0} all-reduce(%f), channel_id=2, to_apply=%r
+"""
+  assert collectives(text) == [
+      ("all-reduce", [("s32", (32,))]),
+      ("all-gather", [("f32", (1024,)), ("pred", (1024,))]),
+      ("all-reduce", [("f32", (32, 10))]),
+  ]
