@@ -95,7 +95,7 @@ def test_metric_vs_size_mean_and_band_over_seeds(band):
     assert ys.min() == pytest.approx(l) and ys.max() == pytest.approx(h)
   what = "min-max" if band == "minmax" else "std"
   assert ax.get_legend_handles_labels()[1] == [
-      f"NLL (mean, band: {'min-max' if band == 'minmax' else 'mean +- 1 std'} over 3 seeds)"]
+      f"NLL\n(mean; band: {'min-max' if band == 'minmax' else 'mean +- 1 std'} over 3 seeds)"]
   assert what in line.get_label()
 
 
@@ -183,3 +183,9 @@ def test_fj_plot_is_lazy_and_import_fusionjax_does_not_load_matplotlib():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout.split()
   assert out == ["False", "False"], out
+
+
+def test_metric_vs_size_names_what_the_rows_are():
+  ax = plot.metric_vs_size([1, 2], [[0.5, 0.4], [0.6, 0.3]], ax=_ax(), over="draws of members")
+  assert ax.lines[-1].get_label() == "mean; band: min-max over 2 draws of members"
+  assert [t.get_text() for t in ax.get_xticklabels() if t.get_text()] and ax.get_xlabel()
