@@ -90,6 +90,37 @@ class LayoutMismatchError(FusionJaxError):
   """
 
 
+class SharedWeightsError(FusionJaxError):
+  """A per-member operation was asked of an ensemble whose members share weights.
+
+  BatchEnsemble, Packed-Ensembles and MC-dropout
+  (``fusionjax.ensemble.batch_ensemble``, ``packed``, ``mc_dropout``) are one
+  network whose outputs are ``[M, B, C]``; their params are not stacked per
+  member, so nothing can act on one member alone: bagging
+  (``per_member=True``, ``fit(bagging=True)``), freezing a member
+  (``freeze_nonfinite=True``, ``fit(on_nonfinite='freeze')``), a per-member
+  optimizer (``Ensemble.member_map``, ``fusionjax.train.per_member``), a
+  ``'member'`` mesh axis, or the member-mapped layouts (``'vmap'``, ``'scan'``,
+  ``'loop'``). The message names the ensemble kind and the operation. Fix: train
+  them with ``layout='auto'`` (or ``'native'``): one network, one optimizer,
+  every member on the same batch, and the guard skipping the whole update on a
+  non-finite loss or gradient (``on_nonfinite='stop'``); or use a deep ensemble
+  (``from_linen``) where per-member training is the point.
+  """
+
+
+class EfficientEnsembleConfigError(FusionJaxError):
+  """An efficient ensemble's options do not fit its module.
+
+  For example Packed-Ensembles of a module other than ``fusionjax.models.MLP``,
+  ``CNN`` or ``CNN1D`` (or ``alpha <= 0``, ``gamma < 1``), a negative
+  BatchEnsemble ``fast_std``, an MC-dropout ``rate`` for a module without a
+  ``dropout`` attribute, a module without a ``train`` flag or with BatchNorm
+  statistics under MC-dropout, or ``train_samples`` other than 1 and
+  ``members``. The message names the value and the fix.
+  """
+
+
 class NonFiniteError(FusionJaxError):
   """A member's loss or gradients became NaN or Inf.
 

@@ -45,6 +45,13 @@ class Ensemble(NamedTuple):
       layout (``fusionjax.train.make_trainer``).
     parts: for a heterogeneous ensemble (:func:`groups`), group name -> its
       homogeneous ensemble (each with its own ``member_apply``); None otherwise.
+    shared: None for members with their own stacked variables; for an
+      ensemble whose members share one network's weights, its kind
+      (``'batch_ensemble'``, ``'packed'``, ``'mc_dropout'``;
+      :mod:`fusionjax.ensemble._efficient`). Its ``init`` gives one network's
+      variables (not ``[M, ...]``), its ``apply`` still gives ``[M, B, C]``, it
+      trains under the trainer's ``'native'`` layout, and ``member_map`` and
+      ``per_member=True`` raise :class:`~fusionjax.errors.SharedWeightsError`.
   """
   init: Callable[..., Any]
   apply: Callable[..., Any]
@@ -56,6 +63,7 @@ class Ensemble(NamedTuple):
   join: Callable[..., Any]
   member_apply: Optional[Callable[..., Any]] = None
   parts: Optional[Mapping[str, Any]] = None
+  shared: Optional[str] = None
 
 
 def _check_size(size):

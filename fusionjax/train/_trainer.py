@@ -12,11 +12,15 @@ non-finite guard) is written once; a layout maps it over the member axis
   on XLA:CPU).
 * ``'loop'``: one jitted single-member program per member from the host
   (two or more convolutional members of one kind on XLA:CPU).
+* ``'native'``: for ensembles whose members share one network's weights
+  (``Ensemble.shared``: BatchEnsemble, Packed-Ensembles, MC-dropout): one
+  network, one optimizer state, one update on the mean of the member losses.
 
 The optimizer is per member: its state is its own member-stacked field of the
 :class:`TrainState`, so clipping, schedules and Adam moments never couple two
 members, and member losses are summed, so the stacked step equals M
-independent single-member steps.
+independent single-member steps. (Under ``'native'`` there is one network, so
+one optimizer and the mean: the loss of the network on its M outputs.)
 """
 import functools
 from typing import Any, Callable, NamedTuple, Optional
@@ -40,6 +44,7 @@ except ImportError:  # jax.core's public names are being retired
 
 REGIMES = ("independent", "frozen", "joint", "hybrid")
 LAYOUTS = ("vmap", "scan", "loop")
+NATIVE = "native"  # the layout of shared-weight ensembles (Ensemble.shared)
 _PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
 
@@ -73,8 +78,9 @@ class Trainer(NamedTuple):
     init: ``(key, x_example) -> TrainState``.
     step: ``(state, batch) -> (state, logs)``. For ``'vmap'`` and ``'scan'``
       the ``jax.jit``-ed step itself (it has ``.trace`` and ``.lower``).
-    layout: the resolved layout: ``'vmap'``, ``'scan'`` or ``'loop'``; for
-      groups with a member step, a dict group -> ``'vmap'`` or ``'scan'``.
+    layout: the resolved layout: ``'vmap'``, ``'scan'``, ``'loop'`` or
+      ``'native'`` (shared-weight ensembles); for groups with a member step, a
+      dict group -> ``'vmap'`` or ``'scan'``.
   """
   init: Callable
   step: Callable
@@ -86,7 +92,8 @@ class Predictor(NamedTuple):
 
   Attributes:
     predict: ``(state, x) -> (member outputs [M, B, C], fused or None)``, jitted.
-    layout: ``'vmap'`` or ``'scan'`` (the members' forward passes in chunks).
+    layout: ``'vmap'``, ``'scan'`` (the members' forward passes in chunks) or
+      ``'native'`` (a shared-weight ensemble's own forward pass).
   """
   predict: Callable
   layout: str
@@ -105,7 +112,7 @@ def resolve_platform(platform: Optional[str] = None) -> str:
 
 def auto_layout(platform: str, *, conv: Optional[bool], size: int, mesh: bool = False,
                 regime: str = "independent", mappable: bool = True,
-                grouped: bool = False) -> str:
+                grouped: bool = False, shared: bool = False) -> str:
   """The layout ``layout='auto'`` runs: a pure function of these facts.
 
   Args:
@@ -116,10 +123,14 @@ def auto_layout(platform: str, *, conv: Optional[bool], size: int, mesh: bool = 
     regime: the training regime.
     mappable: the members come from one single-member function.
     grouped: the members are one group of a heterogeneous ensemble.
+    shared: the members share one network's weights (``Ensemble.shared``).
 
   Returns:
-    ``'vmap'``, ``'scan'`` or ``'loop'``. The rules, each with its evidence:
+    ``'vmap'``, ``'scan'``, ``'loop'`` or ``'native'``. The rules, each with
+    its evidence:
 
+    * members that share weights: ``'native'``, the only layout that can
+      (their params are one network's, with no member axis to map);
     * a mesh, a fused loss (regime other than ``'independent'``) or members
       without a single-member function: ``'vmap'``, the only layout that can;
     * GPU and TPU: ``'vmap'``, one vectorised program (whether convolutional
@@ -138,6 +149,8 @@ def auto_layout(platform: str, *, conv: Optional[bool], size: int, mesh: bool = 
       for the digits MLP at M=16 and 64, 2.54x and 3.53x for the MNIST MLP;
       0.96-1.16x at M <= 4). Dense groups of a groups ensemble take it too.
   """
+  if shared:
+    return NATIVE
   if mesh or regime != "independent" or not mappable or platform in ("gpu", "tpu"):
     return "vmap"
   if conv:
@@ -207,6 +220,34 @@ def _resolve_layouts(ensemble, layout, platform, parts, *, mesh, regime, conv):
           f"layout {want!r} cannot run with {why}. Fix: pass layout='auto' or 'vmap'.")
     resolved[g] = want
   return None if coupled else resolved
+
+
+def _check_native(kind, layout, *, per_member, freeze_nonfinite, mesh):
+  """Raises :class:`~fusionjax.errors.SharedWeightsError` for what a shared-weight
+  ensemble of kind ``kind`` cannot do (every option here acts on one member alone)."""
+  refused = None
+  if per_member:
+    refused = "per_member=True (bagging: a batch per member)"
+  elif freeze_nonfinite:
+    refused = ("freeze_nonfinite=True (fit's on_nonfinite='freeze': freezing one member; "
+               "the guard skips the whole update instead)")
+  elif isinstance(layout, dict) or layout in LAYOUTS:
+    refused = f"layout={layout!r} (mapping one member's step over a member axis)"
+  elif mesh is not None and dict(mesh.shape).get("member", 1) != 1:
+    refused = (f"a mesh with a 'member' axis of {mesh.shape['member']} devices (members "
+               "cannot be split over devices; the 'data' axis is fine: "
+               "fusionjax.train.make_mesh(member=1))")
+  if refused:
+    raise errors.SharedWeightsError(
+        f"{refused} acts on members one by one, but the members of this {kind} ensemble "
+        "share one network's weights (its params are not stacked per member). Fix: train "
+        "it as one network: layout='auto' or 'native', every member on the same batch "
+        "(no bagging), on_nonfinite='stop' (or guard=True: a non-finite loss or gradient "
+        "skips the whole update); or use a deep ensemble (fusionjax.ensemble.from_linen) "
+        "where per-member training is the point.")
+  if layout not in ("auto", NATIVE):
+    raise errors.LayoutError(
+        f"layout={layout!r} is not 'auto' or 'native', the layouts of a {kind} ensemble.")
 
 
 def _check_members(ensemble, tree, what):
@@ -329,6 +370,20 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
     * ``'joint'``: members and fusion trained on the fused loss.
     * ``'hybrid'``: the sum of member losses plus ``lam`` times the fused loss.
 
+  Shared-weight ensembles (``Ensemble.shared``: ``fusionjax.ensemble.
+  batch_ensemble``, ``packed``, ``mc_dropout``) train under the ``'native'``
+  layout, which ``'auto'`` picks for them: one network, ``tx`` applied once to
+  its params (one optimizer state, not stacked), and the *mean* of the member
+  losses in place of their sum (the network's loss on its ``[M, B, C]``
+  outputs, e.g. BatchEnsemble's loss on the tiled batch; every regime above
+  works, ``'hybrid'`` adding ``lam`` times the fused loss to that mean). With
+  ``guard``, a non-finite loss, gradient or update skips the whole update
+  (``finite`` is False for every member then) and ``state.frozen`` is not
+  read. ``per_member``, ``freeze_nonfinite``, the member-mapped layouts and a
+  mesh whose ``'member'`` axis has more than one device raise
+  :class:`~fusionjax.errors.SharedWeightsError` (a mesh's ``'data'`` axis
+  shards the batch as usual).
+
   Args:
     ensemble: the ensemble.
     tx: single-member optax transform, applied per member.
@@ -342,8 +397,9 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
     per_member: batches are ``x [M, B, ...], y [M, B]`` (bagging).
     mesh: a ``('member', 'data')`` mesh: the step is jitted with
       ``NamedSharding`` in/out shardings (:mod:`fusionjax.train._sharding`).
-    layout: ``'auto'``, ``'vmap'``, ``'scan'``, ``'loop'``, or for groups a
-      dict group -> ``'vmap'``/``'scan'``. ``'auto'`` is :func:`auto_layout`.
+    layout: ``'auto'``, ``'vmap'``, ``'scan'``, ``'loop'``, ``'native'``
+      (shared-weight ensembles only), or for groups a dict group ->
+      ``'vmap'``/``'scan'``. ``'auto'`` is :func:`auto_layout`.
     platform: the platform the layout is chosen for (``cpu``, ``gpu``,
       ``cuda``, ``rocm``, ``tpu``; default ``jax.default_backend()``).
     x_example: an input batch; on CPU it tells ``'auto'`` whether the members
@@ -384,14 +440,27 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
   fusion_tx = fusion_tx or tx
   platform = resolve_platform(platform)
   size = ensemble.size
-  parts = _member_parts(ensemble)
+  native = getattr(ensemble, "shared", None)
+  if native:
+    _check_native(native, layout, per_member=per_member,
+                  freeze_nonfinite=freeze_nonfinite, mesh=mesh)
+  elif layout == NATIVE:
+    raise errors.LayoutError(
+        "layout='native' is the layout of ensembles whose members share one network's "
+        "weights (fusionjax.ensemble.batch_ensemble, packed, mc_dropout); this "
+        "ensemble's members have their own stacked params. Fix: pass layout='auto' or "
+        f"one of {LAYOUTS}.")
+  # Member losses are summed over stacked members (M independent steps) and
+  # averaged for one shared network (its loss on its M outputs).
+  reduce_members = jnp.mean if native else jnp.sum
+  parts = None if native else _member_parts(ensemble)
   # Whether each group's members convolve: what 'auto' and donation need to know
   # on XLA:CPU (one abstract trace per group; {} where it is not asked).
   conv = {}
   if platform == "cpu" and x_example is not None and parts is not None and mesh is None:
     conv = {g: _uses_conv(e, x_example) for g, (e, _) in parts.items()}
-  layouts = _resolve_layouts(ensemble, layout, platform, parts, mesh=mesh is not None,
-                             regime=regime, conv=conv)
+  layouts = None if native else _resolve_layouts(
+      ensemble, layout, platform, parts, mesh=mesh is not None, regime=regime, conv=conv)
   trains_members, trains_fusion = regime != "frozen", regime != "independent"
 
   # ---------------------------------------------------------------- init
@@ -402,7 +471,9 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
     if fusion is not None:
       out, _ = ensemble.apply(variables, x)
       fparams = fusion.init(k_fusion, out, x=x)
-    opt = ensemble.member_map(tx.init, variables["params"]) if trains_members else ()
+    opt = () if not trains_members else (
+        tx.init(variables["params"]) if native else
+        ensemble.member_map(tx.init, variables["params"]))
     fopt = fusion_tx.init(fparams) if trains_fusion else ()
     return TrainState(jnp.zeros((), jnp.int32), {"members": variables["params"],
                                                  "fusion": fparams},
@@ -435,8 +506,9 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
           f"cross_entropy needs integer class indices {want}. Fix: pass "
           "y.astype(jnp.int32) (y.ravel() for [B, 1]; y.argmax(-1) for one-hot), or a "
           "loss= for other targets.")
-    _check_members(ensemble, state.params["members"], "params")
-    _check_members(ensemble, state.state, "state")
+    if not native:
+      _check_members(ensemble, state.params["members"], "params")
+      _check_members(ensemble, state.state, "state")
     _check_batch(x, size, per_member)
     _check_labels_batch(x, y, per_member, size)
     return x, y, mask
@@ -444,11 +516,11 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
   def finish(state, key, params_m, bn, opt, fparams, fopt, logs, step):
     logs = dict(logs)
     if "fused_loss" not in logs:
-      logs["loss"] = jnp.sum(logs["member_loss"])
+      logs["loss"] = reduce_members(logs["member_loss"])
     elif regime in ("frozen", "joint"):
       logs["loss"] = logs["fused_loss"]
     else:
-      logs["loss"] = jnp.sum(logs["member_loss"]) + lam * logs["fused_loss"]
+      logs["loss"] = reduce_members(logs["member_loss"]) + lam * logs["fused_loss"]
     params = {"members": params_m, "fusion": fparams}
     frozen = state.frozen | ~logs["finite"] if freeze_nonfinite else state.frozen
     return state._replace(step=step, params=params, state=bn, opt_state=opt,
@@ -456,7 +528,8 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
 
   # ---------------------------------------------------------------- coupled
   def coupled_step(state, batch):
-    """One vmapped program over the whole ensemble (and the fusion's loss)."""
+    """One vmapped program over the whole ensemble (and the fusion's loss); for a
+    shared-weight ensemble, its one network (``'native'``)."""
     x, y, mask = begin(state, batch)
     key, sub = jax.random.split(state.key)
 
@@ -466,11 +539,11 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
       member_loss = loss(out, y, mask)  # [M]
       logs = {"member_loss": member_loss}
       if not trains_fusion:
-        return jnp.sum(member_loss), (new_s, logs)
+        return reduce_members(member_loss), (new_s, logs)
       fused_loss = loss(fusion.apply(pf, out, x=x), y, mask)
       logs["fused_loss"] = fused_loss
       total = fused_loss if regime in ("frozen", "joint") else (
-          jnp.sum(member_loss) + lam * fused_loss)
+          reduce_members(member_loss) + lam * fused_loss)
       return total, (new_s, logs)
 
     argnums = tuple(i for i, on in ((0, trains_members), (1, trains_fusion)) if on)
@@ -478,7 +551,13 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
         state.params["members"], state.params["fusion"])
     grads = dict(zip(argnums, grads))
     pm, bn, opt = state.params["members"], new_s, state.opt_state
-    if trains_members:
+    if trains_members and native:
+      # One network: one update, kept whole when any member's loss, the
+      # gradient or the update is not finite (state.frozen is not read).
+      pm, bn, opt, ok = _update_one(tx, guard, False, pm, state.state, opt, grads[0], new_s,
+                                    jnp.sum(logs["member_loss"]), jnp.bool_(False))
+      logs["finite"] = jnp.isfinite(logs["member_loss"]) & ok
+    elif trains_members:
       one = functools.partial(_update_one, tx, guard, False)
       pm, bn, opt, finite = ensemble.member_map(
           one, pm, state.state, opt, grads[0], new_s, ensemble.split(logs["member_loss"]),
@@ -565,7 +644,7 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
 
   # ---------------------------------------------------------------- assemble
   if layouts is None:
-    pure, resolved = coupled_step, "vmap"
+    pure, resolved = coupled_step, NATIVE if native else "vmap"
   else:
     pure = mapped_step
     resolved = layouts[None] if None in layouts else dict(layouts)
@@ -594,7 +673,9 @@ def make_predictor(ensemble: Ensemble, fusion: Optional[Fusion] = None, *,
     layout: ``'vmap'`` (one vmapped forward pass), ``'scan'`` (members'
       forward passes in chunks of ``chunk``: cache-sized for dense members,
       one by one for convolutional ones), or ``'auto'``: ``'scan'`` on CPU for
-      ensembles with a member function, ``'vmap'`` elsewhere.
+      ensembles with a member function, ``'vmap'`` elsewhere. A shared-weight
+      ensemble runs its own forward pass, ``'native'`` (``'auto'``, ``'vmap'``
+      and ``'native'`` all give it; ``'scan'`` raises).
     platform: as in :func:`make_trainer`.
     chunk: ``'auto'`` or members per chunk for ``'scan'``.
     jit: jit ``predict`` (``False``: the pure function).
@@ -604,9 +685,15 @@ def make_predictor(ensemble: Ensemble, fusion: Optional[Fusion] = None, *,
   """
   platform = resolve_platform(platform)
   mappable = ensemble.member_apply is not None and not ensemble.parts
-  if layout == "auto":
+  if getattr(ensemble, "shared", None) and layout in ("auto", "vmap", NATIVE):
+    layout = NATIVE  # one program, the ensemble's own apply: what 'vmap' runs
+  elif layout == NATIVE:
+    raise errors.LayoutError(
+        "make_predictor(layout='native') is for shared-weight ensembles (batch_ensemble, "
+        "packed, mc_dropout). Fix: pass layout='auto', 'vmap' or 'scan'.")
+  elif layout == "auto":
     layout = "scan" if platform == "cpu" and mappable else "vmap"
-  if layout not in ("vmap", "scan"):
+  if layout not in ("vmap", "scan", NATIVE):
     raise errors.LayoutError(f"make_predictor(layout={layout!r}): use 'auto', 'vmap' or "
                              "'scan'.")
   if layout == "scan" and not mappable:
@@ -639,5 +726,5 @@ def make_predictor(ensemble: Ensemble, fusion: Optional[Fusion] = None, *,
                                   (state.params["members"], state.state), x, size, c)
     return out, fused_of(state, out, x)
 
-  predict = predict_scan if layout == "scan" else predict_vmap
+  predict = predict_scan if layout == "scan" else predict_vmap  # 'native': ens.apply
   return Predictor(jax.jit(predict) if jit else predict, layout)
