@@ -419,7 +419,8 @@ def tab1(out: Out, rec):
       out.num(f"Fusion{tag}{key}NllStd", g(method, "nll_std"), "{:.3f}")
       out.num(f"Fusion{tag}{key}Ece", pct(g(method, "ece")))
     out.num(f"Fusion{tag}CascadeCost", g("cascade", "cost"))
-    out.num(f"Fusion{tag}CascadeThreshold", g("cascade", "threshold"), "{:g}")
+    ts = sorted({t for t in g("cascade", "threshold_seeds") or [] if t is not None})
+    out.num(f"Fusion{tag}CascadeThreshold", _and_list([f"{t:g}" for t in ts]) if ts else None)
     out.num(f"Fusion{tag}BoostRounds", str(g("gradient boosting", "rounds")))
     kept = g("greedy soup (fine-tuned)", "ingredients") or []
     out.num(f"Fusion{tag}SoupIngredients", kept and _and_list(sorted(set(kept))))
@@ -683,9 +684,16 @@ def fig4(out: Out, rec):
   # settings whose mean +- std interval of the ensemble error overlaps the best one's
   b = int(np.argmin(err))
   tied = [k for i, k in enumerate(keys) if i != b and abs(err[i] - err[b]) <= err_std[i] + err_std[b]]
-  out.num("JointTiedWithBest", _and_list([word(k) for k in tied]).replace(" or ", " and ")
-          if tied else "none")
-  out.num("JointSeeds", of_seeds(len({r["seed"] for r in rows})))
+  nseeds = len({r["seed"] for r in rows})
+  out.num("JointSeeds", of_seeds(nseeds))
+  lead = ("independent training" if best == 0.0 else
+          "joint training" if best == "joint" else f"the hybrid loss with {word(best)}")
+  out.num("JointBestClause", f"{lead} gives the most accurate ensemble on average, " + (
+      f"but {_and_list([word(k) for k in tied]).replace(' or ', ' and ')} "
+      f"{'is' if len(tied) == 1 else 'are'} not separated from it over the {nseeds} seeds "
+      "(their mean $\\pm$ std intervals of the error overlap)" if tied else
+      f"separated from every other setting over the {nseeds} seeds (mean $\\pm$ std "
+      "intervals of the error)"))
   out.num("JointIndepEnsAccStd", 100 * float(err_std[keys.index(0.0)]) if 0.0 in keys else None)
   out.num("JointJointEnsAccStd", 100 * float(err_std[keys.index("joint")])
           if "joint" in keys else None)
