@@ -122,8 +122,8 @@ def reliability_diagram(probs, labels, *, bins: int = 15, ax=None, label: Option
   ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
   ax.bar(left, acc[k], width=width, align="edge", color="C0", edgecolor="k", lw=0.5,
          label=name)
-  ax.bar(left, conf[k] - acc[k], bottom=acc[k], width=width, align="edge", color="C3",
-         alpha=0.3, edgecolor="C3", lw=0.5, label="gap to confidence")
+  ax.bar(left, conf[k] - acc[k], bottom=acc[k], width=width, align="edge", fill=False,
+         hatch="////", edgecolor="C3", lw=0.5, label="gap to confidence")
   ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
          ylabel="accuracy", aspect="equal")
   ax.legend(loc="upper left", fontsize="small")
