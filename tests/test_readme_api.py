@@ -115,3 +115,23 @@ def test_subpackages_show_no_imported_modules():
     leaked = [n for n in dir(mod) if not n.startswith("_")
               and isinstance(getattr(mod, n), types.ModuleType)]
     assert not leaked, f"fj.{name} shows modules {leaked}; import them privately or set __dir__"
+
+
+def test_readme_experiment_configs_and_run_flags_exist():
+  configs = set(re.findall(r"`((?:fig\d+|tab\d+|gpu)_\w+)`", README))
+  assert configs, "the README's reproduction table names no config"
+  missing = sorted(c for c in configs if not (ROOT / "experiments" / "configs" / f"{c}.py").exists())
+  assert not missing, f"README names configs that experiments/configs/ lacks: {missing}"
+  run = (ROOT / "experiments" / "run.py").read_text()
+  for line in re.findall(r"^python experiments/run\.py (.*)$", README, re.M):
+    for flag in re.findall(r"--([\w-]+)", line.split("#")[0]):
+      assert re.search(rf"DEFINE_\w+\(\s*\"{flag}\"", run), (
+          f"README runs experiments/run.py --{flag}, which run.py does not define")
+
+
+def test_readme_main_job_flags_exist():
+  from fusionjax import __main__ as job  # pylint: disable=g-import-not-at-top
+  known = {s for a in job._parser()._actions for s in a.option_strings}  # pylint: disable=protected-access
+  used = set(re.findall(r"python -m fusionjax((?: --?[\w-]+(?: [\w./-]+)?)*)", README))
+  flags = {f for u in used for f in re.findall(r"(--[\w-]+)", u)}
+  assert flags and flags <= known, f"README passes unknown flags to the main job: {flags - known}"
