@@ -135,3 +135,16 @@ def test_readme_main_job_flags_exist():
   used = set(re.findall(r"python -m fusionjax((?: --?[\w-]+(?: [\w./-]+)?)*)", README))
   flags = {f for u in used for f in re.findall(r"(--[\w-]+)", u)}
   assert flags and flags <= known, f"README passes unknown flags to the main job: {flags - known}"
+
+
+def test_readme_cited_tests_exist():
+  missing, current = [], None
+  for path, name in re.findall(r"(tests/[\w/]+\.py)?::(\w+)", README):
+    current = path or current
+    source = (ROOT / current).read_text() if (ROOT / current).exists() else ""
+    if not re.search(rf"^def {name}\(", source, re.M):
+      missing.append(f"{current}::{name}")
+  assert not missing, f"README cites tests that do not exist: {missing}"
+  for path in set(re.findall(r"`((?:benchmarks|experiments|paper|tests)/[\w/.-]+\.(?:py|sh|md))`",
+                             README)):
+    assert (ROOT / path).exists(), f"README names {path}, which does not exist"
