@@ -201,41 +201,28 @@ def fit_per_member(ens, cfg: dict, x, y, indices: Sequence[np.ndarray], key, *,
   """Trains member ``m`` on ``x[indices[m]]`` (its own data and order), all in one step.
 
   Used for cross-fitting (fold replicas) and for soup ingredients (one start,
-  different data orders). ``init_params`` (member-stacked) replaces the
-  initial params, with a fresh optimizer state. ``cfg['shift']`` (pixels)
-  translates every training image by a random offset of up to that many
-  pixels each step (``fj.data.crop_flip(..., flip=False)``), padding with the
-  background, taken to be the smallest pixel value of ``x``.
+  different data orders). ``fusionjax.train.fit`` with ``member_indices``:
+  the one data pipeline gives member ``m`` its rows in its own order.
+  ``init_params`` (member-stacked) replaces the initial params, with a fresh
+  optimizer state. ``cfg['shift']`` (pixels) translates every training image
+  by a random offset of up to that many pixels each step
+  (``fj.data.crop_flip(..., flip=False)``, fit's augmentation hook), padding
+  with the background, taken to be the smallest pixel value of ``x``.
   """
-  tx = optimizer(cfg, steps)
   batch = min(cfg["batch_size"], min(len(i) for i in indices))
-  trainer = fj.train.make_trainer(ens, tx, per_member=True, x_example=x[:1])
-  state = trainer.init(key, x[:1])
+  per_epoch = max(len(i) for i in indices) // batch
+  augment = None
+  if cfg.get("shift", 0):
+    augment = functools.partial(fj.data.crop_flip, padding=cfg["shift"], flip=False,
+                                fill=float(np.min(x)))
+  init = None
   if init_params is not None:
-    params = {"members": init_params, "fusion": state.params["fusion"]}
-    state = state._replace(params=params,
-                           opt_state=ens.member_map(tx.init, params["members"]))
-  step = trainer.step
-  shift = cfg.get("shift", 0)
-  background = float(np.min(x)) if shift else 0.0
-  shift_key = jax.random.fold_in(key, 0x5817)
-  rng = np.random.default_rng(seed)
-  orders = [rng.permutation(i) for i in indices]
-  pos = [0] * len(indices)
-  for i in range(steps):
-    rows = []
-    for m, idx in enumerate(indices):
-      if pos[m] + batch > len(idx):
-        orders[m], pos[m] = rng.permutation(idx), 0
-      rows.append(orders[m][pos[m]:pos[m] + batch])
-      pos[m] += batch
-    rows = np.stack(rows)
-    xb = x[rows]
-    if shift:
-      xb = fj.data.crop_flip(jax.random.fold_in(shift_key, i), xb, padding=shift, flip=False,
-                             fill=background)
-    state, _ = step(state, {"x": xb, "y": y[rows]})
-  return state
+    init = {"params": init_params}
+  res = fj.train.fit(ens, optimizer(cfg, steps), (x, y), key=key, epochs=-(-steps // per_epoch),
+                     batch_size=batch, member_indices=list(indices), init=init,
+                     augment=augment, progress=False, max_steps=steps, seed=seed,
+                     handle_signals=False)
+  return res.state
 
 
 def member_logits(ens, state, x, batch_size: int = 2000) -> np.ndarray:

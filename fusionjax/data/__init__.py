@@ -2,9 +2,11 @@
 
 Sources (``len``, ``[indices] -> dict(image, label)``, ``arrays()``):
 :func:`load` by name (digits, MNIST, Fashion-MNIST, KMNIST, a prepared tfds
-data set), :func:`from_tfds`, :func:`from_arrays`. Iteration: :func:`batches`
-(keyed shuffle, pad-with-mask or drop, per-member ``[M, B, ...]`` batches,
-prefetch to device, sharding over the mesh's ``'data'`` axis),
+data set), :func:`from_tfds`, :func:`from_arrays`. Iteration: one pipeline on
+grain, :func:`pipeline` (numpy batches ``{'x', 'y', 'mask'}``: seeded order
+per epoch, pad-with-mask or drop, per-member ``[M, B, ...]`` batches,
+prefetch, a checkpointable iterator), and :func:`batches` (one epoch of it on
+a device or sharded over the mesh's ``'data'`` axis),
 :func:`bootstrap` / :func:`out_of_bag` for bagging, :func:`kfold` for
 (stratified) cross-validation, :func:`crop_flip` for augmentation.
 """
@@ -20,6 +22,9 @@ from fusionjax.data._iterator import batches
 from fusionjax.data._iterator import epochs
 from fusionjax.data._iterator import num_batches
 from fusionjax.data._load import from_tfds
+from fusionjax.data._pipeline import epoch_order
+from fusionjax.data._pipeline import Pipeline
+from fusionjax.data._pipeline import pipeline
 from fusionjax.data._load import load
 from fusionjax.data._load import prepare_idx
 from fusionjax.data._load import resolve_data_dir

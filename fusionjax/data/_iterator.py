@@ -1,20 +1,20 @@
-"""The batch iterator: keyed shuffling, padding with a mask, prefetch, sharding.
+"""The batch iterator: one epoch of device batches from the grain pipeline.
 
-One call of :func:`batches` is one epoch. Every batch is a dict of device
-arrays with static shapes, so a jitted step never retraces:
+One call of :func:`batches` is one epoch of :func:`~fusionjax.data.pipeline`
+(the one data pipeline, which ``fit`` and the experiments use too), placed on
+a device or sharded over a mesh. Every batch is a dict of device arrays with
+static shapes, so a jitted step never retraces:
 
-* ``image``: float32 ``[B, ...]`` (per-member: ``[M, B, ...]``);
-* ``label``: int32 ``[B]`` (``[M, B]``);
+* ``x``: ``[B, ...]`` (per-member: ``[M, B, ...]``);
+* ``y``: ``[B]`` (``[M, B]``);
 * ``mask``: bool ``[B]`` (``[M, B]``), False on the rows that pad the last
   batch; weight losses and metrics by it.
 
-The host work (numpy fancy indexing of in-memory arrays, normalisation,
-``device_put``) runs in a background thread, ``prefetch`` batches ahead.
+The host work (fancy indexing of the source, normalisation) runs in grain's
+background threads, ``prefetch`` batches ahead.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Any, Callable, Iterator
 
 import jax
@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fusionjax import errors
+from fusionjax.data import _pipeline
 from fusionjax.data import _random
 
 Batch = dict[str, jax.Array]
@@ -71,56 +72,6 @@ def _put_sharded(batch: dict[str, np.ndarray], sharding: NamedSharding) -> Batch
   }
 
 
-class _Raised:
-
-  def __init__(self, error: BaseException):
-    self.error = error
-
-
-_DONE = object()
-
-
-def _background(items: Iterator[Any], size: int) -> Iterator[Any]:
-  """Runs ``items`` in a daemon thread, up to ``size`` items ahead."""
-  if size <= 0:
-    yield from items
-    return
-  q: queue.Queue = queue.Queue(maxsize=size)
-  stop = threading.Event()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        q.put(item, timeout=0.05)
-        return True
-      except queue.Full:
-        pass
-    return False
-
-  def work():
-    try:
-      for item in items:
-        if not put(item):
-          return
-      put(_DONE)
-    except BaseException as e:  # pylint: disable=broad-except  (re-raised by the consumer)
-      put(_Raised(e))
-
-  thread = threading.Thread(target=work, name="fusionjax-prefetch", daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is _DONE:
-        return
-      if isinstance(item, _Raised):
-        raise item.error
-      yield item
-  finally:
-    stop.set()
-    thread.join(timeout=10)
-
-
 def batches(
     source: Any,
     batch_size: int,
@@ -140,8 +91,9 @@ def batches(
   Every example (every index in ``indices``) appears exactly once per epoch;
   with ``drop_last=False`` the last batch is filled up to ``batch_size`` with
   examples from the start of the epoch and its ``mask`` is False on those
-  rows. The same ``key`` and ``epoch`` give the same order; loop over epochs
-  with ``epoch=e`` (or :func:`epochs`).
+  rows. The same ``key`` and ``epoch`` give the same order (the pipeline's
+  order with the key's bits as seed); loop over epochs with ``epoch=e`` (or
+  :func:`epochs`).
 
   Args:
     source: a random-access source (``len``, ``source[int array] ->
@@ -153,19 +105,20 @@ def batches(
     drop_last: drop an incomplete last batch instead of padding it.
     indices: which examples: ``None`` (all), ``[N']`` (a subset, e.g. a
       K-fold's train part) for shared batches ``[B, ...]``, or ``[M, N']``
-      (per member, e.g. :func:`bootstrap`) for per-member batches
-      ``[M, B, ...]``, each member shuffled with its own key.
+      (per member, e.g. :func:`bootstrap`; or a list of rows of different
+      lengths) for per-member batches ``[M, B, ...]``, each member shuffled
+      in its own order.
     mesh: a ``('member', 'data')`` mesh: batches are placed with
       ``NamedSharding(mesh, P('data'))`` (per-member:
       ``P('member', 'data')``).
     device: without ``mesh``, the device to put batches on (default device
       when ``None``).
-    prefetch: batches prepared ahead in a background thread (0: none).
+    prefetch: batches prepared ahead by grain's background thread (0: none).
     augment: ``augment(key, image) -> image`` (e.g. :func:`crop_flip`),
       applied to each batch's images with a key of its own.
 
   Returns:
-    An iterator of dicts ``image``, ``label``, ``mask`` of device arrays.
+    An iterator of dicts ``x``, ``y``, ``mask`` of device arrays.
 
   Raises:
     BatchSizeError: ``batch_size < 1``.
@@ -179,39 +132,13 @@ def batches(
     >>> for epoch in range(2):
     ...   for batch in data.batches(train, 128, key=key, epoch=epoch):
     ...     pass  # state, logs = step(state, batch)
-    >>> batch["image"].shape, int(batch["mask"].sum())
+    >>> batch["x"].shape, int(batch["mask"].sum())
     ((128, 8, 8, 1), 13)
   """
-  if batch_size < 1:
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+      or batch_size < 1:
     raise errors.BatchSizeError(
-        f"batch_size={batch_size}. Fix: pass batch_size >= 1."
-    )
-  n_source = len(source)
-  name = f"{getattr(source, 'name', 'source')}/{getattr(source, 'split', '')}"
-  indices = np.arange(n_source) if indices is None else np.asarray(indices)
-  if indices.ndim not in (1, 2) or indices.dtype.kind not in "iu":
-    raise errors.BatchShapeError(
-        f"indices must be integers [N'] (shared batches) or [M, N'] (per"
-        f" member), got {indices.dtype} {indices.shape}."
-    )
-  members = indices.shape[0] if indices.ndim == 2 else None
-  n = indices.shape[-1]
-  if members == 0 or n == 0:
-    raise errors.EmptySplitError(
-        f"batches of {name}: no examples to iterate (indices"
-        f" {indices.shape}). Fix: check the split, fold or filter."
-    )
-  if indices.min() < 0 or indices.max() >= n_source:
-    raise IndexError(
-        f"indices in [{indices.min()}, {indices.max()}] for {name} of"
-        f" {n_source} examples; they must be in [0, {n_source})."
-    )
-  count = num_batches(n, batch_size, drop_last=drop_last)
-  if count == 0:
-    raise errors.EmptySplitError(
-        f"batches of {name}: {n} examples make no full batch of {batch_size}"
-        " with drop_last=True. Fix: a smaller batch_size, or drop_last=False"
-        " (the last batch is padded and masked)."
+        f"batch_size={batch_size!r}. Fix: pass batch_size >= 1."
     )
   if (shuffle or augment is not None) and key is None:
     raise TypeError(
@@ -220,40 +147,46 @@ def batches(
     )
   if not 0 <= epoch < 2**32:
     raise ValueError(f"epoch={epoch}: epochs are counted from 0.")
-  sharding = None if mesh is None else _check_mesh(mesh, batch_size, members)
+  name = f"{getattr(source, 'name', 'source')}/{getattr(source, 'split', '')}"
+  if indices is not None:
+    rows = np.asarray(indices) if not isinstance(indices, (list, tuple)) else None
+    if rows is not None and (rows.ndim not in (1, 2) or rows.dtype.kind not in "iu"):
+      raise errors.BatchShapeError(
+          f"indices must be integers [N'] (shared batches) or [M, N'] (per"
+          f" member), got {rows.dtype} {rows.shape}."
+      )
+    if rows is not None and rows.size == 0:
+      raise errors.EmptySplitError(
+          f"batches of {name}: no examples to iterate (indices"
+          f" {rows.shape}). Fix: check the split, fold or filter."
+      )
+  if len(source) == 0:
+    raise errors.EmptySplitError(
+        f"batches of {name}: no examples to iterate. Fix: check the split, fold or filter."
+    )
+  seed = 0 if key is None else _random.key_bits(key).ravel().tolist()
+  aug_key = None
+  if augment is not None:
+    aug_key = jax.random.fold_in(key, epoch)
+  p = _pipeline.pipeline(source, batch_size, seed=seed, num_epochs=1, start_epoch=epoch,
+                         shuffle=shuffle, drop_last=drop_last, indices=indices,
+                         augment=augment, augment_key=aug_key, prefetch=prefetch)
+  sharding = None if mesh is None else _check_mesh(mesh, batch_size, p.members)
 
-  order = indices
-  if key is not None:
-    order_key, augment_key = jax.random.split(jax.random.fold_in(key, epoch))
-  if shuffle:
-    if members is None:
-      order = indices[_random.numpy_rng(order_key).permutation(n)]
-    else:  # each member shuffled with its own key
-      perms = [rng.permutation(n) for rng in _random.numpy_rngs(order_key, members)]
-      order = np.take_along_axis(indices, np.stack(perms), axis=1)
+  def put(batch):
+    if sharding is not None:
+      return _put_sharded(batch, sharding)
+    return jax.device_put(batch, device)
 
-  def host_batches() -> Iterator[Batch]:
-    for i in range(count):
-      position = np.arange(i * batch_size, (i + 1) * batch_size)
-      idx = np.take(order, position % n, axis=-1)
-      batch = dict(source[idx.reshape(-1)])
-      if members is not None:
-        batch = {
-            k: v.reshape(members, batch_size, *v.shape[1:])
-            for k, v in batch.items()
-        }
-      mask = np.broadcast_to(position < n, idx.shape)
-      batch["mask"] = np.ascontiguousarray(mask)
-      if augment is not None:
-        batch["image"] = np.asarray(
-            augment(jax.random.fold_in(augment_key, i), batch["image"])
-        )
-      if sharding is not None:
-        yield _put_sharded(batch, sharding)
-      else:
-        yield jax.device_put(batch, device)
+  def epoch_batches() -> Iterator[Batch]:
+    it = iter(p.dataset)
+    try:
+      for batch in it:
+        yield put(batch)
+    finally:
+      it.close()  # stops grain's prefetch thread when the loop breaks early
 
-  return _background(host_batches(), prefetch)
+  return epoch_batches()
 
 
 def epochs(

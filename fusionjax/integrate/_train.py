@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from fusionjax import errors
+from fusionjax.data import pipeline
 from fusionjax.ensemble import Ensemble, from_linen
 from fusionjax.train import TrainState, make_step
 
@@ -152,9 +153,10 @@ def run_steps(step: Callable, state: TrainState, x: np.ndarray, targets: np.ndar
     x, targets: host arrays ``[N, ...]``.
     num_steps: steps to run.
     batch_size: examples per step (capped at ``N``; partial batches dropped).
-    seed: seed of the data order (epoch ``e`` uses ``(seed, e)``).
-    indices: optional per-member bootstrap indices ``[M, N']``: batches are
-      then ``x[indices[:, sl]]`` (``per_member=True`` steps).
+    seed: seed of the data order (epoch ``e`` uses ``(seed, e)``; see
+      :func:`fusionjax.data.pipeline`, which makes the batches).
+    indices: optional per-member bootstrap indices ``[M, N']``: member ``m``
+      goes through row ``m`` in its own order (``per_member=True`` steps).
     callback: ``(t, state)`` called after step ``t`` (0-based); copy what you
       keep (the next step donates the state's buffers).
 
@@ -164,19 +166,20 @@ def run_steps(step: Callable, state: TrainState, x: np.ndarray, targets: np.ndar
   n = len(x) if indices is None else indices.shape[1]
   batch_size = min(check_int(batch_size, "batch_size", "training"), n)
   per_epoch = n // batch_size
-  losses, order, epoch = [], None, -1
-  for t in range(num_steps):
-    b = t % per_epoch
-    if b == 0:
-      epoch += 1
-      order = np.random.default_rng([seed, epoch]).permutation(n)
-    sl = order[b * batch_size:(b + 1) * batch_size]
-    if indices is not None:
-      sl = indices[:, sl]
-    state, logs = step(state, {"x": x[sl], "y": targets[sl]})
-    losses.append(logs["loss"])
-    if callback is not None:
-      callback(t, state)
+  # The one data pipeline (fusionjax.data.pipeline): epoch e's order is
+  # default_rng([seed, e]); per-member rows each in their own order.
+  batches = iter(pipeline((x, targets), batch_size, seed=seed, drop_last=True,
+                          num_epochs=-(-num_steps // per_epoch), indices=indices).dataset)
+  losses = []
+  try:
+    for t in range(num_steps):
+      b = next(batches)  # equal rows, whole batches: every mask entry is True
+      state, logs = step(state, {"x": b["x"], "y": b["y"]})
+      losses.append(logs["loss"])
+      if callback is not None:
+        callback(t, state)
+  finally:
+    batches.close()
   return state, np.asarray(jax.device_get(losses), np.float32).reshape(num_steps)
 
 

@@ -1,12 +1,22 @@
 """Checkpoints with orbax-checkpoint: atomic, code-free, resumable.
 
-A checkpoint holds the whole :class:`~fusionjax.train.TrainState` (params,
-optimizer state, step, RNG key) and the data position (epoch, batch). orbax
-writes to a temporary directory and renames it when complete, so a process
-killed at any moment leaves the previous checkpoint readable. Nothing here
-unpickles a file.
+A checkpoint is an orbax Composite of orbax's and grain's own handlers:
+
+* ``item``: the :class:`~fusionjax.train.TrainState` without its key
+  (params, optimizer state, step, frozen members) and any extra arrays
+  (``StandardSave``);
+* ``key``: the state's RNG key (``JaxRandomKeySave``: typed keys as such);
+* ``data``: the data pipeline's grain iterator (``grain.checkpoint.
+  CheckpointSave``), so a resume continues the exact data order;
+* ``meta``: JSON (``JsonSave``): the run's configuration, history, checksums.
+
+orbax writes to a temporary directory and renames it when complete, so a
+process killed at any moment leaves the previous checkpoint readable. Nothing
+here unpickles a file.
 """
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,15 +29,28 @@ import numpy as np
 from fusionjax import errors
 
 
+class _QuietKeyMerge(logging.Filter):
+  """Drops orbax's warning that the RNG key's one small array has no OCDBT
+  sub-directories to merge (every save of ``JaxRandomKeySave`` logs it)."""
+
+  def filter(self, record):
+    return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
 def _ocp():
   """``orbax.checkpoint``, imported on first use (0.2 s off ``import fusionjax``)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  absl = logging.getLogger("absl")
+  if not any(isinstance(f, _QuietKeyMerge) for f in absl.filters):
+    absl.addFilter(_QuietKeyMerge())
   return ocp
 
 
 def tree_bytes(tree) -> int:
   """Bytes of the arrays in ``tree``."""
-  return sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(_to_saveable(tree)))
+  leaves = [jax.random.key_data(x) if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else x for x in jax.tree_util.tree_leaves(tree)]
+  return sum(getattr(x, "nbytes", 0) for x in leaves)
 
 
 def check_writable(directory: str, need_bytes: int = 0) -> None:
@@ -55,29 +78,17 @@ def check_writable(directory: str, need_bytes: int = 0) -> None:
           "Fix: free disk space or choose another ckpt_dir.")
 
 
-def _to_saveable(tree):
-  """Typed PRNG keys become their raw uint32 data (orbax saves plain arrays)."""
-  return jax.tree.map(
-      lambda x: jax.random.key_data(x)
-      if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
-      tree)
-
-
-def _from_saveable(tree, like):
-  return jax.tree.map(
-      lambda x, l: jax.random.wrap_key_data(x, impl=jax.random.key_impl(l))
-      if isinstance(l, jax.Array) and jax.dtypes.issubdtype(l.dtype, jax.dtypes.prng_key) else x,
-      tree, like)
-
-
-def _item(state, position) -> dict:
-  """What is saved: the state (keys as raw data) and the data position as int64."""
-  return {"state": _to_saveable(state),
-          "position": {k: np.asarray(v, np.int64) for k, v in position.items()}}
+def _split_key(state):
+  """``(state without its RNG key, the key)``: orbax saves the key with its own handler."""
+  if hasattr(state, "key") and hasattr(state, "_replace"):
+    return state._replace(key=None), state.key
+  return state, None
 
 
 def _leaf_digest(x) -> str:
   """sha256 of a leaf's dtype, shape and bytes (this process's shards only)."""
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
   h = hashlib.sha256()
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     for shard in sorted(x.addressable_shards, key=lambda s: str(s.index)):
@@ -91,9 +102,22 @@ def _leaf_digest(x) -> str:
   return h.hexdigest()
 
 
-def checksums(state, position) -> list:
-  """One sha256 per leaf of the saved item (host arrays of this process)."""
-  return [_leaf_digest(x) for x in jax.tree_util.tree_leaves(_item(state, position))]
+def checksums(state, position, extra=None) -> list:
+  """One sha256 per leaf of the state (key included) and ``extra``, and one of the
+  data position (the grain iterator's JSON state)."""
+  digests = [_leaf_digest(x) for x in jax.tree_util.tree_leaves((state, extra))]
+  pos = json.dumps(position, sort_keys=True).encode()
+  return digests + [hashlib.sha256(pos).hexdigest()]
+
+
+def _position_iterator(position: Optional[dict] = None):
+  """A grain iterator that only carries a data position (for reading or writing one)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  it = iter(grain.MapDataset.range(1 << 62).to_iter_dataset(
+      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+  if position is not None:
+    it.set_state(dict(position))
+  return it
 
 
 class Checkpointer:
@@ -104,31 +128,53 @@ class Checkpointer:
     max_to_keep: how many to keep (at least 1; the newest are kept).
   """
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
+  def __init__(self, directory: str, max_to_keep: int = 2, best_metric: Optional[str] = None,
+               best_mode: str = "min"):
     self.directory = os.path.abspath(directory)
     check_writable(self.directory)
     ocp = _ocp()
+    best = {}
+    if best_metric is not None:
+      # orbax keeps the max_to_keep best checkpoints by this metric.
+      best = dict(best_fn=lambda metrics: metrics[best_metric], best_mode=best_mode,
+                  keep_checkpoints_without_metrics=False)
     self._mgr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max(1, max_to_keep),
-                                             create=True, enable_async_checkpointing=False))
+                                             create=True, enable_async_checkpointing=False,
+                                             **best))
+
+  def best_step(self) -> Optional[int]:
+    """The step of the best checkpoint (with ``best_metric``; else the latest)."""
+    return self._mgr.best_step()
 
   def latest_step(self) -> Optional[int]:
     return self._mgr.latest_step()
 
-  def save(self, step: int, state: Any, position: dict, meta: Optional[dict] = None) -> None:
-    """Saves ``state``, the data ``position`` and the run's ``meta`` (JSON: e.g. the
-    layout) at ``step`` (blocking, atomic)."""
-    item = _item(state, position)
+  def save(self, step: int, state: Any, data: Any, meta: Optional[dict] = None,
+           extra: Any = None, metrics: Optional[dict] = None) -> None:
+    """Saves ``state``, the data position, the run's ``meta`` (JSON: e.g. the
+    layout) and ``extra`` arrays at ``step`` (blocking, atomic).
+
+    ``data`` is the data pipeline's grain iterator, or its state (a dict such
+    as ``{'next_index': 8}``); ``metrics`` rank checkpoints for ``best_metric``.
+    """
+    import grain  # pylint: disable=g-import-not-at-top
+    it = data if hasattr(data, "get_state") else _position_iterator(data)
+    position = it.get_state()
     meta = dict(meta or {})
     # Verified by restore_newest: a flipped bit in a data file is caught.
-    meta["checksums"] = {str(jax.process_index()): checksums(state, position)}
+    meta["checksums"] = {str(jax.process_index()): checksums(state, position, extra)}
     kept = self.latest_step()
     ocp = _ocp()
+    bare, key = _split_key(state)
+    items = {"item": ocp.args.StandardSave({"state": bare, "extra": extra}),
+             "data": grain.checkpoint.CheckpointSave(it),
+             "meta": ocp.args.JsonSave(meta)}
+    if key is not None:
+      items["key"] = ocp.args.JaxRandomKeySave(key)
     try:
-      self._mgr.save(int(step), args=ocp.args.Composite(
-          item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta)),
-                     force=True)
+      self._mgr.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
       self._mgr.wait_until_finished()
     except OSError as e:
       # orbax writes into a temporary directory and renames it when complete,
@@ -146,19 +192,40 @@ class Checkpointer:
     return dict(self._mgr.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"] or {})
 
-  def restore(self, state_like: Any, step: Optional[int] = None):
-    """Restores ``(state, position)``; ``state_like`` gives structure, dtypes, shardings."""
+  def restore(self, state_like: Any, step: Optional[int] = None, data: Any = None,
+              extra_like: Any = None, with_extra: bool = False):
+    """Restores ``(state, position)`` (and ``extra`` with ``with_extra``).
+
+    ``state_like`` gives structure, dtypes and shardings; ``data`` (a grain
+    iterator of the same pipeline) is set to the saved position; ``position``
+    is the iterator's state, e.g. ``{'next_index': 8}``.
+    """
+    import grain  # pylint: disable=g-import-not-at-top
     step = self.latest_step() if step is None else step
-    like = {"state": _to_saveable(state_like),
-            "position": {"epoch": np.zeros((), np.int64), "batch": np.zeros((), np.int64)}}
+    bare, key_like = _split_key(state_like)
     ocp = _ocp()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    item = self._mgr.restore(step, args=ocp.args.Composite(
-        item=ocp.args.StandardRestore(abstract)))["item"]
-    state = _from_saveable(item["state"], state_like)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            {"state": bare, "extra": extra_like})
+    it = data if data is not None else _position_iterator()
+    items = {"item": ocp.args.StandardRestore(abstract),
+             "data": grain.checkpoint.CheckpointRestore(it)}
+    if key_like is not None:
+      sharding = getattr(key_like, "sharding", None)
+      items["key"] = ocp.args.JaxRandomKeyRestore(
+          restore_args=ocp.ArrayRestoreArgs(sharding=sharding) if sharding else None)
+    out = self._mgr.restore(step, args=ocp.args.Composite(**items))
+    state = out["item"]["state"]
     state = type(state_like)(*state) if isinstance(state_like, tuple) and not isinstance(
         state, type(state_like)) else state
-    return state, {k: int(v) for k, v in item["position"].items()}
+    if key_like is not None:
+      key = out["key"]
+      if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(key_like))
+      state = state._replace(key=key)
+    position = it.get_state()
+    if with_extra:
+      return state, position, out["item"]["extra"]
+    return state, position
 
   def _skip(self, step: int, reason: str) -> str:
     """Moves the step's folder to ``skipped/<step>-<reason>`` (outside orbax's
@@ -174,7 +241,8 @@ class Checkpointer:
     self._mgr.reload()
     return dest
 
-  def restore_newest(self, state_like: Any, check_meta: Optional[Callable] = None):
+  def restore_newest(self, state_like: Any, check_meta: Optional[Callable] = None,
+                     data: Any = None, extra_like: Any = None):
     """Restores the newest checkpoint that is intact.
 
     Steps are tried newest first. A checkpoint whose meta or data cannot be
@@ -185,7 +253,8 @@ class Checkpointer:
     is moved).
 
     Returns:
-      ``(step, state, position, meta)``, or ``None`` when there is no checkpoint.
+      ``(step, state, position, meta, extra)``, or ``None`` when there is no
+      checkpoint; ``data`` (a grain iterator) is set to the saved position.
 
     Raises:
       :class:`~fusionjax.errors.NoUsableCheckpointError` when checkpoints exist
@@ -201,13 +270,14 @@ class Checkpointer:
         if check_meta is not None:
           check_meta(step, meta)
         try:
-          state, position = self.restore(state_like, step)
+          state, position, extra = self.restore(state_like, step, data=data,
+                                                extra_like=extra_like, with_extra=True)
         except Exception as e:  # pylint: disable=broad-except
           reason, detail = "unreadable", f"{type(e).__name__}: {e}"
         else:
           want = (meta.get("checksums") or {}).get(str(jax.process_index()))
-          if want is None or want == checksums(state, position):
-            return step, state, position, meta
+          if want is None or want == checksums(state, position, extra):
+            return step, state, position, meta, extra
           reason, detail = "checksum-mismatch", "its data differ from the checksums saved with it"
       dest = self._skip(step, reason)
       detail = " ".join(detail.split())

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from fusionjax import fusion as fusion_lib
+from fusionjax.data import pipeline
 from fusionjax.ensemble import Ensemble, from_linen
 from fusionjax.train._driver import as_arrays
 from fusionjax.train._step import TrainState, init as init_state, make_step
@@ -44,18 +45,15 @@ class CrossFit(NamedTuple):
   k: int
 
 
-def replica_indices(folds: np.ndarray, k: int, size: int, seed: int, epoch: int) -> np.ndarray:
-  """``int [(K + 1) * M, L]`` training indices of every replica for one epoch.
+def replica_rows(folds: np.ndarray, k: int, size: int) -> list:
+  """The training rows of every replica: ``(K + 1) * M`` index arrays.
 
-  Replica ``k * M + m`` draws a permutation of the samples outside fold ``k``
-  (all samples for ``k == K``), truncated to ``L``, the smallest training set,
-  so that every replica takes the same number of steps.
+  Replica ``k * M + m`` trains on the samples outside fold ``k`` (all samples
+  for ``k == K``); :func:`fusionjax.data.pipeline` goes through each row in
+  the replica's own order.
   """
   pools = [np.flatnonzero(folds != f) for f in range(k)] + [np.arange(len(folds))]
-  length = min(len(p) for p in pools)
-  rng = np.random.default_rng([seed, epoch])
-  return np.stack([rng.permutation(pools[f])[:length] for f in range(k + 1)
-                   for _ in range(size)])
+  return [pools[f] for f in range(k + 1) for _ in range(size)]
 
 
 def cross_fit(module, size: int, k: int, tx: optax.GradientTransformation, train: Any, *,
@@ -93,11 +91,15 @@ def cross_fit(module, size: int, k: int, tx: optax.GradientTransformation, train
   ens = from_linen(module, (k + 1) * size)
   state = init_state(ens, tx, key, x[:1])
   step = make_step(ens, tx, per_member=True, x_example=x[:1])
-  for epoch in range(epochs):
-    idx = replica_indices(folds, k, size, seed, epoch)
-    for b in range(idx.shape[1] // batch_size):
-      sl = idx[:, b * batch_size:(b + 1) * batch_size]
-      state, _ = step(state, {"x": x[sl], "y": y[sl]})
+  # The one data pipeline: replica k*M + m goes through the samples outside
+  # fold k (all of them for k == K) in its own order each epoch; an epoch has
+  # as many positions as the largest pool, a smaller pool's surplus is masked.
+  rows = replica_rows(folds, k, size)
+  batch_size = min(int(batch_size), min(len(r) for r in rows))
+  data = pipeline((x, y), batch_size, seed=seed, num_epochs=epochs, drop_last=True,
+                  indices=rows)
+  for batch in data.dataset:
+    state, _ = step(state, batch)
   apply = jax.jit(lambda s, xb: ens.apply({"params": s.params["members"], "state": s.state},
                                           xb)[0])
   out = jnp.concatenate([apply(state, x[i:i + eval_batch])

@@ -22,7 +22,7 @@ def source():
 
 
 def ids(batch):
-  return np.asarray(batch["image"])[..., 0, 0, 0].astype(int)
+  return np.asarray(batch["x"])[..., 0, 0, 0].astype(int)
 
 
 def epoch_ids(source, **kw):
@@ -64,11 +64,11 @@ def test_every_example_at_most_once_when_dropping(source):
 
 def test_batch_contents_and_types(source):
   batch = next(data.batches(source, 8, shuffle=False))
-  assert isinstance(batch["image"], jax.Array)
-  assert batch["image"].dtype == jnp.float32 and batch["label"].dtype == jnp.int32
+  assert isinstance(batch["x"], jax.Array)
+  assert batch["x"].dtype == jnp.float32 and batch["y"].dtype == jnp.int32
   assert batch["mask"].dtype == jnp.bool_
   np.testing.assert_array_equal(ids(batch), np.arange(8))
-  np.testing.assert_array_equal(batch["label"], np.arange(8) % 5)
+  np.testing.assert_array_equal(batch["y"], np.arange(8) % 5)
 
 
 def test_subset_indices(source):
@@ -80,8 +80,8 @@ def test_subset_indices(source):
 def test_per_member_batches_from_bootstrap(source):
   idx = data.bootstrap(jax.random.key(0), N, 3)
   batches = list(data.batches(source, 16, key=jax.random.key(1), indices=idx))
-  assert batches[0]["image"].shape == (3, 16, 2, 2, 1)
-  assert batches[0]["label"].shape == batches[0]["mask"].shape == (3, 16)
+  assert batches[0]["x"].shape == (3, 16, 2, 2, 1)
+  assert batches[0]["y"].shape == batches[0]["mask"].shape == (3, 16)
   for m in range(3):  # member m sees exactly its bootstrap sample
     seen = np.concatenate([ids(b)[m][np.asarray(b["mask"])[m]] for b in batches])
     assert sorted(seen.tolist()) == sorted(idx[m].tolist())
@@ -93,7 +93,7 @@ def test_jitted_step_does_not_retrace(source):
   @jax.jit
   @chex.assert_max_traces(n=1)
   def masked_sum(batch):
-    return jnp.sum(jnp.where(batch["mask"], batch["label"], 0))
+    return jnp.sum(jnp.where(batch["mask"], batch["y"], 0))
 
   total = 0
   for batch in data.batches(source, 16, key=jax.random.key(0)):
@@ -154,13 +154,13 @@ def test_augment_hook(source):
     return image + 1000
 
   batch = next(data.batches(source, 8, key=jax.random.key(0), augment=augment))
-  assert (np.asarray(batch["image"]) >= 1000).all() and len(calls) >= 1
+  assert (np.asarray(batch["x"]) >= 1000).all() and len(calls) >= 1
 
 
 def test_mesh_single_device(source):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("member", "data"))
   batch = next(data.batches(source, 8, key=jax.random.key(0), mesh=mesh))
-  assert batch["image"].sharding == jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  assert batch["x"].sharding == jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
 
 def test_sharding_over_four_devices():
@@ -183,9 +183,9 @@ for a, b in zip(plain, sharded):
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
 idx = data.bootstrap(key, 30, 4)
 b = next(data.batches(src, 8, key=key, indices=idx, mesh=mesh, prefetch=0))
-assert b['image'].shape == (4, 8, 1)
-assert b['image'].sharding == NamedSharding(mesh, P('member', 'data'))
-assert b['image'].addressable_shards[0].data.shape == (2, 4, 1)
+assert b['x'].shape == (4, 8, 1)
+assert b['x'].sharding == NamedSharding(mesh, P('member', 'data'))
+assert b['x'].addressable_shards[0].data.shape == (2, 4, 1)
 for bad in [dict(batch_size=7), dict(batch_size=8, indices=idx[:3])]:
   try:
     data.batches(src, key=key, mesh=mesh, **bad)

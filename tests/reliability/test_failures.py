@@ -83,7 +83,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
   after, pos = again.restore(like)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(before.params),
                jax.device_get(after.params))
-  assert pos == {"epoch": 1, "batch": 0}
+  assert pos == {"next_index": 4}  # the grain iterator: epoch 1 (4 batches an epoch), batch 0
   # And training resumes from it to the end.
   res = fj.train.fit(ens, optax.adam(1e-2), (x, y), key=jax.random.key(0), epochs=2,
                      batch_size=16, progress=False, ckpt_dir=str(ckpt))
