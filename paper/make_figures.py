@@ -855,18 +855,21 @@ FIGURE_OF = {"fig1_ensemble_size": "Fig.~\\ref{fig:size}",
 
 
 def runtimes(out: Out, recs: dict):
-  lines = ["\\begin{tabular}{llrr}", "\\toprule",
-           "result & config & seeds & runtime (min) \\\\", "\\midrule"]
+  lines = ["\\begin{tabular}{llrrr}", "\\toprule",
+           "result & config & seeds & wall (min) & CPU (min) \\\\", "\\midrule"]
   total = 0.0
   for name, label in FIGURE_OF.items():
     rec = recs.get(name)
     t = minutes(rec)
     total += t or 0.0
-    seeds = "--" if rec is None else str(len(rec["config"].get("seeds", [0])))
+    seeds = "--" if rec is None or "seeds" not in rec["config"] else str(
+        len(rec["config"]["seeds"]))
+    cpu = None if rec is None or "process_cpu_s" not in rec else rec["process_cpu_s"] / 60.0
     lines.append(f"{label} & \\texttt{{{name.replace('_', chr(92) + '_')}}} & {seeds} & "
-                 f"{'--' if t is None else f'{t:.1f}'} \\\\")
+                 f"{'--' if t is None else f'{t:.1f}'} & {'--' if cpu is None else f'{cpu:.1f}'}"
+                 " \\\\")
     out.num("Runtime" + "".join(w.capitalize() for w in re.findall(r"[a-z]+", name)), t, "{:.1f}")
-  lines += ["\\midrule", f"total & & & {total:.1f} \\\\", "\\bottomrule", "\\end{tabular}", ""]
+  lines += ["\\midrule", f"total & & & {total:.1f} & \\\\", "\\bottomrule", "\\end{tabular}", ""]
   out.table("runtimes", "\n".join(lines))
   out.num("RuntimeTotal", total, "{:.1f}")
   any_rec = next((r for r in recs.values() if r and "machine" in r), None)
