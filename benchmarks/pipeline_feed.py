@@ -53,6 +53,17 @@ def mnist(data_dir: str):
             f"synthetic MNIST-shaped arrays ({type(e).__name__}: {e})")
 
 
+def render(r: dict) -> str:
+  """The section of RESULTS.md (benchmarks/report.py)."""
+  q = r["ratio_pipeline_over_device"]
+  return (f"M={r['members']} MNIST MLPs 784-256-256-10, batch {r['batch']}, layout "
+          f"{r['layout']}, {r['data']}; {r['cycles']} interleaved cycles of {r['steps']} "
+          "steps.\n\n" + _common.table(r["rows"], [("feed", "feed", ""),
+                                                  ("steps/s", "steps/s", "{:.1f}")]) +
+          f"\n\nPipeline / device step rate: median {q['median']:.3f}x (per-cycle range "
+          f"{q['min']:.3f}-{q['max']:.3f}); target >= {r['target']}x.")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--cycles", type=int, default=7)

@@ -25,6 +25,7 @@ SECTIONS = [
     ("donation", "Donating a single-member step's state, with and without the guard"),
     ("chunk_sweep", "Members per chunk (how `member_chunk='auto'` was chosen)"),
     ("scale", "Scale: a thousand members over 8 simulated devices (issue 24)"),
+    ("pipeline_feed", "The grain data pipeline feeding fit's step (issue 20)"),
 ]
 SCRIPT = {"ensemble_step_cnn": "ensemble_step"}  # result name -> the script that wrote it
 MNIST_PARAMS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
@@ -152,6 +153,12 @@ def targets(res):
                   f"{st['spawn_to_first_step_s']:.2f} s median (min "
                   f"{st['min_spawn_to_first_step_s']:.2f}): imports {st['imports_s']:.2f} s, "
                   f"init {st['init_s']:.2f} s, first step {st['first_step_s']:.2f} s"))
+  pf = res.get("pipeline_feed")
+  if pf:
+    q = pf["ratio_pipeline_over_device"]
+    out.append((f"fit's step fed by the grain pipeline >= 0.95x fed from device arrays "
+                f"(M={pf['members']} MNIST MLP)", verdict(q["median"] >= 0.95),
+                f"{q['median']:.3f}x (median of {pf['cycles']} per-cycle ratios)"))
   sc = res.get("scale")
   if sc:
     for r in sc["sharded"]["rows"]:
