@@ -104,6 +104,9 @@ def load(results: pathlib.Path, name: str, allow_smoke: bool = False):
         f"Fix: run the full config, `python experiments/run.py --config "
         f"experiments/configs/{name}.py --data_dir <mnist> --publish`, or restore the "
         f"committed file with `git checkout -- {path}`.")
+  if "provenance" not in rec:
+    print(f"[figures] {path} records no commit or versions (written before run.py recorded "
+          "them); re-run it with --publish to add them")
   return rec
 
 
