@@ -45,7 +45,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import numpy as _np
 
 from fusionjax import errors
 
@@ -64,19 +64,20 @@ __all__ = [
 
 
 def __dir__():
-  # dir() and tab completion show the API, not the imports (np, jnp, jax, errors...).
+  # dir() and tab completion show the API, not the imports (jnp, jax, errors...; numpy is
+  # imported as _np, so fj.metrics.np does not exist).
   return sorted(__all__)
 
 
 # --------------------------------------------------------------------------
 # validation (Python, runs at trace time)
 # --------------------------------------------------------------------------
-def _concrete(x) -> Optional[np.ndarray]:
+def _concrete(x) -> Optional[_np.ndarray]:
   """The value of ``x`` as a NumPy array, or None when ``x`` is a tracer."""
   if isinstance(x, jax.core.Tracer):
     return None
   try:
-    return np.asarray(x)
+    return _np.asarray(x)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return None
 
@@ -88,9 +89,9 @@ def _as_float(x) -> Array:
   directly, whereas converting them eagerly would compile a staging op per shape.
   """
   if not isinstance(x, jax.Array):
-    x = np.asarray(x)
-    small = not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize < 4
-    return x.astype(np.float32) if small else x
+    x = _np.asarray(x)
+    small = not _np.issubdtype(x.dtype, _np.floating) or x.dtype.itemsize < 4
+    return x.astype(_np.float32) if small else x
   target = (jnp.promote_types(x.dtype, jnp.float32)
             if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
   return x if x.dtype == target else x.astype(target)
@@ -118,8 +119,8 @@ def _check_mask(mask, batch: int, fn: str) -> Array:
   # Concrete masks and labels are converted on the host (NumPy), so an eager
   # call dispatches one compiled kernel and no small conversion ops.
   if mask is None:
-    return np.ones((batch,), np.float32)
-  mask = mask if isinstance(mask, jax.Array) else np.asarray(mask)
+    return _np.ones((batch,), _np.float32)
+  mask = mask if isinstance(mask, jax.Array) else _np.asarray(mask)
   if mask.shape != (batch,):
     raise errors.BatchShapeError(
         f"{fn}: mask has shape {tuple(mask.shape)} but the batch has B={batch} rows. "
@@ -127,15 +128,15 @@ def _check_mask(mask, batch: int, fn: str) -> Array:
   value = _concrete(mask)
   if value is None:
     return mask.astype(jnp.float32)
-  if not np.any(value):
+  if not _np.any(value):
     raise errors.EmptySplitError(
         f"{fn}: the mask selects none of the {batch} rows, so there is nothing to "
         "average. Fix: pass at least one real (mask=1) row.")
-  return value.astype(np.float32)
+  return value.astype(_np.float32)
 
 
 def _check_labels(labels, batch: int, num_classes: int, mask: Array, fn: str) -> Array:
-  labels = labels if isinstance(labels, jax.Array) else np.asarray(labels)
+  labels = labels if isinstance(labels, jax.Array) else _np.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise errors.LabelError(
         f"{fn}: labels must be integer class indices; got dtype {labels.dtype}. "
@@ -148,14 +149,14 @@ def _check_labels(labels, batch: int, num_classes: int, mask: Array, fn: str) ->
   if value is None:
     return labels.astype(jnp.int32)
   if m is not None:
-    bad = np.flatnonzero(((value < 0) | (value >= num_classes)) & (m != 0))
+    bad = _np.flatnonzero(((value < 0) | (value >= num_classes)) & (m != 0))
     if bad.size:
       i = int(bad[0])
       raise errors.LabelError(
           f"{fn}: label {int(value[i])} at row {i} is outside [0, {num_classes}) "
           f"({bad.size} such rows; C={num_classes} from the outputs' last axis). "
           f"Fix: pass integer class indices in [0, {num_classes}), or mask padded rows.")
-  return value.astype(np.int32)
+  return value.astype(_np.int32)
 
 
 def _prep(x, labels, mask, fn: str, *, member: bool = False):
@@ -432,11 +433,11 @@ def brier_from_probs(probs: Array, labels: Array, mask: Optional[Array] = None, 
   p, labels, mask = _prep(probs, labels, mask, "brier_from_probs")
   value, m = _concrete(p), _concrete(mask)
   if value is not None and m is not None:
-    real = np.broadcast_to(m != 0, value.shape[:-1])
+    real = _np.broadcast_to(m != 0, value.shape[:-1])
     sums = value.sum(-1)
-    bad = real & ((np.abs(sums - 1.0) > atol) | np.any(value < -atol, axis=-1))
-    if np.any(bad):
-      where = tuple(int(i[0]) for i in np.nonzero(bad))
+    bad = real & ((_np.abs(sums - 1.0) > atol) | _np.any(value < -atol, axis=-1))
+    if _np.any(bad):
+      where = tuple(int(i[0]) for i in _np.nonzero(bad))
       raise errors.ProbabilitiesError(
           f"brier_from_probs: row {where} has probabilities summing to {float(sums[where]):.6g} "
           f"(min entry {float(value[where].min()):.6g}); {int(bad.sum())} rows are not "
@@ -450,7 +451,7 @@ def brier_from_probs(probs: Array, labels: Array, mask: Optional[Array] = None, 
 # calibration
 # --------------------------------------------------------------------------
 def _check_bins(num_bins, fn: str) -> int:
-  if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+  if isinstance(num_bins, bool) or not isinstance(num_bins, (int, _np.integer)) or num_bins < 1:
     raise errors.BinsError(
         f"{fn}: num_bins={num_bins!r}, but calibration error needs at least one bin. "
         "Fix: pass an integer num_bins >= 1 (15 is the usual choice).")
@@ -795,14 +796,14 @@ def _ambiguity(f, y, w, mask):
 
 def _check_weights(weights, num_members: int, fn: str) -> Array:
   if weights is None:
-    return np.full((num_members,), 1.0 / num_members, np.float32)
+    return _np.full((num_members,), 1.0 / num_members, _np.float32)
   weights = _as_float(weights)
   if weights.shape != (num_members,):
     raise errors.WeightsError(
         f"{fn}: weights have shape {tuple(weights.shape)} but there are M={num_members} "
         f"members. Fix: pass one non-negative weight per member, shape [{num_members}].")
   value = _concrete(weights)
-  if value is not None and (np.any(value < 0) or not value.sum() > 0):
+  if value is not None and (_np.any(value < 0) or not value.sum() > 0):
     raise errors.WeightsError(
         f"{fn}: weights {value.tolist()} must be non-negative with a positive sum. "
         "Fix: pass e.g. jnp.ones(M) / M.")
@@ -1067,7 +1068,7 @@ def _check_prob(value, name: str, fn: str, *, low_open: bool = False,
 def _check_binary(y_true, scores, fn: str):
   """``y_true [N]`` in {0, 1} and ``scores [N]`` float -> (y as float32, scores)."""
   scores = _as_float(scores)
-  y = y_true if isinstance(y_true, jax.Array) else np.asarray(y_true)
+  y = y_true if isinstance(y_true, jax.Array) else _np.asarray(y_true)
   if y.ndim != 1 or scores.shape != y.shape:
     raise errors.BatchShapeError(
         f"{fn}: y_true has shape {tuple(y.shape)} and scores {tuple(scores.shape)}; both "
@@ -1078,18 +1079,18 @@ def _check_binary(y_true, scores, fn: str):
   value = _concrete(y)
   if value is None:
     return y.astype(jnp.float32), scores
-  bad = sorted(set(np.unique(value).tolist()) - {0, 1, False, True})
+  bad = sorted(set(_np.unique(value).tolist()) - {0, 1, False, True})
   if bad:
     raise errors.LabelError(
         f"{fn}: y_true must be binary (0/1 or bool); got the values {bad[:5]}"
         f"{'...' if len(bad) > 5 else ''}. Fix: pass y_true = (labels == positive_class).")
-  n_pos = int(np.sum(value == 1))
+  n_pos = int(_np.sum(value == 1))
   if n_pos in (0, value.shape[0]):
     raise errors.LabelError(
         f"{fn}: y_true holds only {'positives' if n_pos else 'negatives'} ({value.shape[0]} "
         "rows); the metric needs both classes. Fix: evaluate on a set with both "
         "in-distribution (0) and positive (1) examples.")
-  return value.astype(np.float32), scores
+  return value.astype(_np.float32), scores
 
 
 def _binary_curve(y, scores):
@@ -1448,7 +1449,7 @@ def _prep_selective(log_probs, labels, confidence, fn):
         f"{tuple(x.shape)}. Fix: fuse the members first (e.g. fusionjax.fusion's mean) "
         "or pass one member's outputs.")
   batch = x.shape[0]
-  labels = _check_labels(labels, batch, x.shape[-1], np.ones((batch,), np.float32), fn)
+  labels = _check_labels(labels, batch, x.shape[-1], _np.ones((batch,), _np.float32), fn)
   if confidence is not None:
     confidence = _as_float(confidence)
     if confidence.shape != (batch,):

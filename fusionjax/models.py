@@ -6,7 +6,7 @@ keyword ``train`` flag (dropout / BatchNorm), so that
 """
 from typing import Sequence
 
-import flax.linen as nn
+import flax.linen as _nn
 import jax.numpy as jnp
 
 from fusionjax import errors
@@ -27,7 +27,7 @@ def _check_rank(name: str, x, ranks: Sequence[int], fix: str):
         f"(rank {x.ndim}). Fix: {fix}")
 
 
-class MLP(nn.Module):
+class MLP(_nn.Module):
   """A ReLU multi-layer perceptron over the flattened input.
 
   Attributes:
@@ -46,15 +46,15 @@ class MLP(nn.Module):
   features: Sequence[int] = (256, 256)
   dropout: float = 0.0
 
-  @nn.compact
+  @_nn.compact
   def __call__(self, x, train: bool = False):
     _check_rank("MLP", x, range(2, 9), "pass a batch [B, ...] (x[None] for one example).")
     x = x.reshape((x.shape[0], -1))
     for width in self.features:
-      x = nn.relu(nn.Dense(width)(x))
+      x = _nn.relu(_nn.Dense(width)(x))
       if self.dropout:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+        x = _nn.Dropout(self.dropout, deterministic=not train)(x)
+    return _nn.Dense(self.num_classes)(x)
 
 
 def max_pool(x: jnp.ndarray, window: int = 2) -> jnp.ndarray:
@@ -67,7 +67,7 @@ def max_pool(x: jnp.ndarray, window: int = 2) -> jnp.ndarray:
   ``select_and_scatter``, which dominated a LeNet-size training step on CPU:
   ``python benchmarks/ensemble_step.py`` timed fusionjax's step for
   ``CNN(10, (8, 16), 64)`` members (batch 128, Adam) at 30.5 ms (M=1) and
-  2134 ms (M=64) with ``nn.max_pool``, 21.4 ms and 1133 ms with this (the
+  2134 ms (M=64) with ``_nn.max_pool``, 21.4 ms and 1133 ms with this (the
   project's 2-core CPU machine, jax 0.10.2). At a tie the gradient is split
   between the tied inputs (``select_and_scatter`` gives it to the first); both
   are subgradients, and after a ReLU the usual tie is at 0, where the ReLU's
@@ -88,20 +88,20 @@ def _conv_net(net, x, kernel, train):
   convolution, a ReLU and a max-pool by 2; then a hidden dense layer, dropout and
   the output layer."""
   for width in net.features:
-    x = nn.relu(nn.Conv(width, kernel, padding="SAME")(x))
+    x = _nn.relu(_nn.Conv(width, kernel, padding="SAME")(x))
     x = max_pool(x, 2)
   x = x.reshape((x.shape[0], -1))
-  x = nn.relu(nn.Dense(net.hidden)(x))
+  x = _nn.relu(_nn.Dense(net.hidden)(x))
   if net.dropout:
-    x = nn.Dropout(net.dropout, deterministic=not train)(x)
-  return nn.Dense(net.num_classes)(x)
+    x = _nn.Dropout(net.dropout, deterministic=not train)(x)
+  return _nn.Dense(net.num_classes)(x)
 
 
-class CNN(nn.Module):
+class CNN(_nn.Module):
   """A LeNet-5-style convolutional network for ``[B, H, W, C]`` images.
 
   Pooling is :func:`max_pool` (2x2, stride 2): the values of
-  ``nn.max_pool``, with a gradient that is cheap on CPU.
+  ``_nn.max_pool``, with a gradient that is cheap on CPU.
 
   References:
     LeCun et al., 1998. Gradient-based learning applied to document recognition.
@@ -111,7 +111,7 @@ class CNN(nn.Module):
   hidden: int = 128
   dropout: float = 0.0
 
-  @nn.compact
+  @_nn.compact
   def __call__(self, x, train: bool = False):
     _check_rank("CNN", x, (3, 4), "pass images [B, H, W, C] (or [B, H, W]); for 1-D "
                 "signals [B, L] or [B, L, C] use fusionjax.models.CNN1D.")
@@ -120,7 +120,7 @@ class CNN(nn.Module):
     return _conv_net(self, x, (5, 5), train)
 
 
-class CNN1D(nn.Module):
+class CNN1D(_nn.Module):
   """A 1-D convolutional network for signals ``[B, L, C]`` (or ``[B, L]``).
 
   The layout of :class:`CNN` along one axis: per width a ``kernel``-wide
@@ -140,7 +140,7 @@ class CNN1D(nn.Module):
   kernel: int = 5
   dropout: float = 0.0
 
-  @nn.compact
+  @_nn.compact
   def __call__(self, x, train: bool = False):
     _check_rank("CNN1D", x, (2, 3), "pass signals [B, L] or [B, L, C]; for images use "
                 "fusionjax.models.CNN.")
@@ -149,7 +149,7 @@ class CNN1D(nn.Module):
     return _conv_net(self, x, (self.kernel,), train)
 
 
-class RowRNN(nn.Module):
+class RowRNN(_nn.Module):
   """A recurrent network over a sequence ``[B, T, D]``, or an image row by row.
 
   An image ``[B, H, W, C]`` is read as H steps of ``W * C`` values. A batch of
@@ -165,7 +165,7 @@ class RowRNN(nn.Module):
   hidden: int = 128
   cell: str = "gru"
 
-  @nn.compact
+  @_nn.compact
   def __call__(self, x, train: bool = False):
     _check_rank(f"Row{self.cell.upper()}", x, (3, 4),
                 "pass sequences [B, T, D] or images [B, H, W, C] (one row a step); a "
@@ -173,9 +173,9 @@ class RowRNN(nn.Module):
                 "or use fusionjax.models.MLP.")
     if x.ndim == 4:
       x = x.reshape(x.shape[:2] + (-1,))  # [B, H, W*C]: one row a step
-    cell = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}[self.cell]
-    h = nn.RNN(cell(self.hidden))(x)
-    return nn.Dense(self.num_classes)(h[:, -1])
+    cell = {"gru": _nn.GRUCell, "lstm": _nn.OptimizedLSTMCell}[self.cell]
+    h = _nn.RNN(cell(self.hidden))(x)
+    return _nn.Dense(self.num_classes)(h[:, -1])
 
 
 def RowGRU(num_classes: int, hidden: int = 128) -> RowRNN:  # pylint: disable=invalid-name
@@ -188,24 +188,24 @@ def RowLSTM(num_classes: int, hidden: int = 128) -> RowRNN:  # pylint: disable=i
   return RowRNN(num_classes, hidden, "lstm")
 
 
-class _ResBlock(nn.Module):
+class _ResBlock(_nn.Module):
   features: int
   strides: int = 1
 
-  @nn.compact
+  @_nn.compact
   def __call__(self, x, train: bool):
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
-    y = nn.Conv(self.features, (3, 3), self.strides, padding="SAME", use_bias=False)(x)
-    y = nn.relu(norm()(y))
-    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(y)
+    norm = lambda: _nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    y = _nn.Conv(self.features, (3, 3), self.strides, padding="SAME", use_bias=False)(x)
+    y = _nn.relu(norm()(y))
+    y = _nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(y)
     y = norm()(y)
     if x.shape != y.shape:
-      x = nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(x)
+      x = _nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(x)
       x = norm()(x)
-    return nn.relu(x + y)
+    return _nn.relu(x + y)
 
 
-class ResNet(nn.Module):
+class ResNet(_nn.Module):
   """A small ResNet (He et al. 2016) for 32x32x3 inputs, with BatchNorm.
 
   ``stage_sizes=(3, 3, 3)`` and ``width=16`` give ResNet-20; the default
@@ -218,13 +218,13 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int] = (1, 1, 1)
   width: int = 16
 
-  @nn.compact
+  @_nn.compact
   def __call__(self, x, train: bool = False):
     _check_rank("ResNet", x, (4,), "pass images [B, H, W, C].")
-    x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    x = _nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False)(x)
+    x = _nn.relu(_nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         x = _ResBlock(self.width * 2**i, 2 if (i > 0 and j == 0) else 1)(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return _nn.Dense(self.num_classes)(x)
