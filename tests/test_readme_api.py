@@ -107,6 +107,7 @@ def test_modules_export_only_their_api(module):
   assert sorted(shown) == sorted(mod.__all__)
   assert not [n for n in shown if isinstance(getattr(mod, n), types.ModuleType)]
   assert "np" not in dir(fj.metrics) and "nn" not in dir(fj.models)
+  assert not hasattr(fj.metrics, "np") and not hasattr(fj.models, "nn")  # not even as attributes
 
 
 def test_subpackages_show_no_imported_modules():
