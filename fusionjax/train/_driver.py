@@ -420,6 +420,14 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Any, *,
     raise errors.TrainConfigError(
         "fit: bagging=True draws each member's rows; member_indices gives them. Fix: pass "
         "one of the two.")
+  shared = getattr(ensemble, "shared", None)
+  if shared and (early_stopping == "member" or member_hparams):
+    what = ("early_stopping='member' (each member's best params)" if early_stopping == "member"
+            else "member_hparams (a hyper-parameter per member)")
+    raise errors.SharedWeightsError(
+        f"fit: {what} needs params per member, but this {shared} ensemble's members share "
+        "one network's weights. Fix: early_stopping='ensemble' and one optimizer for the "
+        "network, or an ensemble of independent members (fj.ensemble.from_linen).")
   task = "regression" if loss is not None and loss is not cross_entropy and \
       loss is not _losses.cross_entropy else "classification"
   source = _pipeline.as_source(train)

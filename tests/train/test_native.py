@@ -84,6 +84,18 @@ def test_fit_trains_a_shared_weight_ensemble_and_evaluates_it():
   assert len(rec["val/member_accuracy"]) == M and np.isfinite(rec["val/nll"])
 
 
+def test_fit_refuses_per_member_steering_of_shared_weights():
+  ens = KINDS["packed"]()
+  data = (np.asarray(X), np.asarray(Y))
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+  with pytest.raises(errors.SharedWeightsError, match="member_hparams.*packed"):
+    fj.train.fit(ens, tx, data, key=jax.random.key(0), epochs=1, batch_size=8,
+                 progress=False, member_hparams={"learning_rate": [1e-2] * M})
+  with pytest.raises(errors.SharedWeightsError, match="early_stopping='member'"):
+    fj.train.fit(ens, tx, data, key=jax.random.key(0), epochs=1, batch_size=8,
+                 progress=False, early_stopping="member", eval_sets={"val": data})
+
+
 def test_hybrid_regime_on_a_data_mesh():
   ens = KINDS["packed"]()
   fusion = fj.fusion.weighted(M)
