@@ -4,9 +4,23 @@ Command:
     python experiments/run.py --config experiments/configs/efficient_members.py \
         --data_dir ../shared/data/mnist --publish
 
-Runtime: RUNTIME
+Runtime: 30.0 min (measured: 1798.7 s of wall-clock time, 1354 s of process CPU time, on the
+2-core Intel Xeon (AVX-512) machine with jax 0.10.2, while four other jobs loaded it to a load
+average of 7-10; seed 2, the least loaded, trained in 293 s: deep ensemble 128 s,
+BatchEnsemble 145 s, MC-dropout 20 s). Alone on the machine it should take about 15 min; that
+is not measured. Smoke mode: 17 s.
 
-Expected: EXPECTED
+Expected (measured in that run; test split; mean +- 95 % t-interval over seeds 0, 1, 2;
+"corrupted" is the mean over the 15 corruptions, 2,000 images each; AUROC of the predictive
+entropy, test split vs 2,000 uniform-noise images / vs the 1,797 upscaled digits):
+                  accuracy        NLL            ECE            corrupted acc.  AUROC noise / digits
+    one network   98.79 +- 0.08 % 0.036 +- 0.003 0.29 +- 0.09 % 84.2 +- 1.2 %   0.997 / 0.968
+    deep ensemble 99.03 +- 0.11 % 0.030 +- 0.002 0.64 +- 0.07 % 87.1 +- 1.4 %   1.000 / 0.982
+    BatchEnsemble 98.69 +- 0.50 % 0.040 +- 0.023 0.64 +- 0.57 % 82.6 +- 3.8 %   0.991 / 0.974
+    MC-dropout    98.21 +- 0.71 % 0.107 +- 0.090 5.28 +- 6.48 % 82.4 +- 1.0 %   0.994 / 0.940
+Two epochs fall short of the anchors' full training: the ensemble of 5 reaches 99.03 %
+(anchor, 10 members: 99.4 %); one network 98.79 % / NLL 0.036 (anchor 99.1 % / 0.037).
+MC-dropout at rate 0.5 is under-confident here (ECE 3-8 % per seed).
 
 LeNet-size CNN members (``fusionjax.models.CNN(10, (8, 16), 64)``, as in Fig. 1), M = 5,
 2 epochs of batch 128 on the 54,000 training images, Adam 4e-3 with cosine decay, every
@@ -48,7 +62,6 @@ def get_config(arg=None):
   ))
   if arg == "smoke":
     cfg.update(dataset="digits", model=dict(name="cnn", features=(2, 4), hidden=8),
-               methods=("deep_ensemble", "batch_ensemble", "mc_dropout", "packed"),
                members=2, seeds=(0,), epochs=1, max_steps=2, batch_size=32,
-               corruptions=("shot_noise", "rotate"), corrupt_size=50, ood_size=50)
+               corruptions=("rotate",), corrupt_size=50, ood_size=50)
   return cfg
