@@ -243,7 +243,12 @@ def _initial_state(trainer, ensemble, tx, init, k_init, x_example, regime):
     given = init
   elif isinstance(init, Mapping) and "params" in init:
     params = {"members": init["params"], "fusion": state.params["fusion"]}
-    opt = ensemble.member_map(tx.init, params["members"]) if regime != "frozen" else ()
+    if regime == "frozen":
+      opt = ()
+    elif getattr(ensemble, "shared", None):  # one network, one optimizer state
+      opt = tx.init(params["members"])
+    else:
+      opt = ensemble.member_map(tx.init, params["members"])
     given = state._replace(params=params, state=init.get("state", state.state), opt_state=opt)
   else:
     raise errors.TrainConfigError(

@@ -84,6 +84,17 @@ def test_fit_trains_a_shared_weight_ensemble_and_evaluates_it():
   assert len(rec["val/member_accuracy"]) == M and np.isfinite(rec["val/nll"])
 
 
+def test_fit_starts_a_shared_weight_ensemble_from_given_variables():
+  ens = KINDS["batch_ensemble"]()
+  data = (np.asarray(X), np.asarray(Y))
+  first = fj.train.fit(ens, optax.adam(1e-2), data, key=jax.random.key(0), epochs=1,
+                       batch_size=8, progress=False)
+  given = {"params": first.state.params["members"], "state": first.state.state}
+  res = fj.train.fit(ens, optax.adam(1e-2), data, key=jax.random.key(1), epochs=1,
+                     batch_size=8, progress=False, init=given)
+  assert res.status == "done" and int(res.state.step) == 2
+
+
 def test_fit_refuses_per_member_steering_of_shared_weights():
   ens = KINDS["packed"]()
   data = (np.asarray(X), np.asarray(Y))
