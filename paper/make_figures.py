@@ -42,7 +42,7 @@ plt.rcParams.update({
 C_SINGLE, C_ENS, C_ALT, C_GREY = "#1f77b4", "#d62728", "#2ca02c", "#7f7f7f"
 COL = 3.3  # inches, one column of the paper
 MACRO_PREFIXES = ("EnsSize", "Cnn", "Fusion", "DataSize", "Cascade", "Joint", "Hetero", "Tput",
-                  "Runtime", "Machine", "ResultsAre")
+                  "Runtime", "Machine", "ResultsAre", "Eff")
 
 
 class Out:
@@ -854,7 +854,73 @@ FIGURE_OF = {"fig1_ensemble_size": "Fig.~\\ref{fig:size}",
              "fig3_cascade": "Fig.~\\ref{fig:cascade}",
              "fig4_joint": "Fig.~\\ref{fig:joint}",
              "fig5_heterogeneous": "Fig.~\\ref{fig:hetero}",
-             "fig6_throughput": "Fig.~\\ref{fig:throughput}"}
+             "fig6_throughput": "Fig.~\\ref{fig:throughput}",
+             "efficient_members": "Tab.~\\ref{tab:efficient}"}
+
+
+# --------------------------------------------------------------------------
+# efficient members (Table tab:efficient)
+# --------------------------------------------------------------------------
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}  # Student's t, two-sided 95 %, by degrees of freedom
+EFF_ROWS = (("single", "One network"), ("deep_ensemble", "Deep ensemble"),
+            ("batch_ensemble", "BatchEnsemble"), ("mc_dropout", "MC-dropout"))
+
+
+def interval(values):
+  """Mean and the half-width of the 95 % t-interval over seeds (None for one seed)."""
+  v = np.asarray(values, np.float64)
+  if len(v) < 2:
+    return float(v.mean()), None
+  return float(v.mean()), float(T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def efficient(out: Out, rec):
+  """Deep ensemble vs BatchEnsemble vs MC-dropout vs one network: clean, corrupted, OOD."""
+  if rec is None:
+    out.table("efficient", "\\begin{tabular}{l}(no result)\\end{tabular}\n")
+    return
+  seeds = seed_results(rec)
+  methods = [m for m, _ in EFF_ROWS if m in seeds[0]["methods"]]
+  ood = list(seeds[0]["methods"][methods[0]]["ood_auroc"])
+
+  def per_seed(method, fn):
+    return [fn(s["methods"][method]) for s in seeds]
+
+  def corrupted(row, metric):
+    names = [k for k in row if k not in ("clean", "ood_auroc", "train_s", "predict_s",
+                                         "params", "layout")]
+    return float(np.mean([row[c][metric] for c in names]))
+
+  def cell(mean, half, scale, fmt):
+    return f"${fmt.format(mean * scale)}" + (
+        f"\\pm{fmt.format(half * scale)}$" if half is not None else "$")
+
+  lines = ["\\begin{tabular}{lrrrrrrr}", "\\toprule",
+           "& params & acc.\\,\\% & NLL & ECE\\,\\% & corr.\\ acc.\\,\\% & corr.\\ NLL & "
+           "AUROC " + " / ".join(o.replace("_", " ") for o in ood) + "\\\\", "\\midrule"]
+  label = dict(EFF_ROWS)
+  for m in methods:
+    acc = interval(per_seed(m, lambda r: r["clean"]["accuracy"]))
+    nll = interval(per_seed(m, lambda r: r["clean"]["nll"]))
+    ece = interval(per_seed(m, lambda r: r["clean"]["ece"]))
+    cacc = interval(per_seed(m, lambda r: corrupted(r, "accuracy")))
+    cnll = interval(per_seed(m, lambda r: corrupted(r, "nll")))
+    au = [interval(per_seed(m, lambda r, o=o: r["ood_auroc"][o]))[0] for o in ood]
+    params = seeds[0]["methods"][m]["params"]
+    lines.append(f"{label[m]} & {params / 1e3:.0f}k & {cell(*acc, 100, '{:.2f}')} & "
+                 f"{cell(*nll, 1, '{:.3f}')} & {cell(*ece, 100, '{:.2f}')} & "
+                 f"{cell(*cacc, 100, '{:.1f}')} & {cell(*cnll, 1, '{:.3f}')} & "
+                 + " / ".join(f"{a:.3f}" for a in au) + "\\\\")
+    key = "".join(w.capitalize() for w in m.split("_"))
+    out.num(f"Eff{key}Acc", acc[0] * 100, "{:.2f}")
+    out.num(f"Eff{key}Nll", nll[0], "{:.3f}")
+    out.num(f"Eff{key}Ece", ece[0] * 100, "{:.2f}")
+    out.num(f"Eff{key}CorrAcc", cacc[0] * 100, "{:.1f}")
+    out.num(f"Eff{key}TrainS", interval(per_seed(m, lambda r: r["train_s"]))[0], "{:.0f}")
+  lines += ["\\bottomrule", "\\end{tabular}", ""]
+  out.table("efficient", "\n".join(lines))
+  out.num("EffSeeds", str(len(seeds)))
 
 
 def runtimes(out: Out, recs: dict):
@@ -903,6 +969,7 @@ def main(argv=None):
   fig4(out, recs["fig4_joint"])
   fig5(out, recs["fig5_heterogeneous"])
   fig6(out, recs["fig6_throughput"])
+  efficient(out, recs["efficient_members"])
   runtimes(out, recs)
   out.write_macros(ROOT / "paper" / "main.tex")
   print(f"[figures] wrote {len(list(out.fig.glob('*.pdf')))} figures, "
