@@ -154,12 +154,18 @@ def provenance() -> dict:
           "backend": jax.default_backend(), "devices": devices}
 
 
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
 def run_one(name: str, cfg, data_dir, out_dir: pathlib.Path, smoke: bool, argv) -> float:
   from experiments.tasks import common  # pylint: disable=g-import-not-at-top
   resolved = cfg.to_dict()
   task = importlib.import_module(f"experiments.tasks.{resolved['task']}")
   timer = common.Timer()
   t0 = time.perf_counter()
+  cpu0 = _cpu_seconds()
   print(f"[run] {name} (task {resolved['task']}{', smoke' if smoke else ''}) ...", flush=True)
   seeds = resolved.get("seeds")
   if seeds is not None and not getattr(task, "LOOPS_OVER_SEEDS", False):
@@ -171,11 +177,11 @@ def run_one(name: str, cfg, data_dir, out_dir: pathlib.Path, smoke: bool, argv) 
   else:
     result = task.run(resolved, data_dir, timer)
   seconds = time.perf_counter() - t0
-  usage = resource.getrusage(resource.RUSAGE_SELF)
   record = {"name": name, "smoke": smoke, "config": resolved, "runtime_s": seconds,
-            # CPU seconds of this process so far (user + system): less sensitive than the
-            # wall-clock time to other jobs sharing the machine
-            "process_cpu_s": usage.ru_utime + usage.ru_stime,
+            # CPU seconds (user + system) this config took in this process: less sensitive
+            # than the wall-clock time to other jobs sharing the machine (with --all the
+            # process runs several configs, so it is the difference over this one)
+            "process_cpu_s": _cpu_seconds() - cpu0,
             "sections_s": timer.seconds, "command": " ".join(["python", *argv]),
             "provenance": provenance(), "machine": common.machine(), "result": result}
   common.write_json(str(out_dir / f"{name}.json"), record)
