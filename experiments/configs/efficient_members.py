@@ -4,11 +4,10 @@ Command:
     python experiments/run.py --config experiments/configs/efficient_members.py \
         --data_dir ../shared/data/mnist --publish
 
-Runtime: 30.0 min (measured: 1798.7 s of wall-clock time, 1354 s of process CPU time, on the
-2-core Intel Xeon (AVX-512) machine with jax 0.10.2, while four other jobs loaded it to a load
-average of 7-10; seed 2, the least loaded, trained in 293 s: deep ensemble 128 s,
-BatchEnsemble 145 s, MC-dropout 20 s). Alone on the machine it should take about 15 min; that
-is not measured. Smoke mode: 17 s.
+Runtime: 13.1 min (measured: 784.3 s of wall-clock time, 1284 s of process CPU time, in one
+`run.py --all --publish` of every config on the 2-core Intel Xeon (AVX-512) machine with jax
+0.10.2 and nothing else training, 2026-12-07; an earlier run under a load average of 7-10 took
+30.0 min). Smoke mode: 17 s. The numbers below were the same in both runs.
 
 Expected (measured in that run; test split; mean +- 95 % t-interval over seeds 0, 1, 2;
 "corrupted" is the mean over the 15 corruptions, 2,000 images each; AUROC of the predictive
