@@ -135,11 +135,6 @@ def batches(
     >>> batch["x"].shape, int(batch["mask"].sum())
     ((128, 8, 8, 1), 13)
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-      or batch_size < 1:
-    raise errors.BatchSizeError(
-        f"batch_size={batch_size!r}. Fix: pass batch_size >= 1."
-    )
   if (shuffle or augment is not None) and key is None:
     raise TypeError(
         "batches(shuffle=True or augment=...) needs key=jax.random.key(...);"
@@ -147,23 +142,7 @@ def batches(
     )
   if not 0 <= epoch < 2**32:
     raise ValueError(f"epoch={epoch}: epochs are counted from 0.")
-  name = f"{getattr(source, 'name', 'source')}/{getattr(source, 'split', '')}"
-  if indices is not None:
-    rows = np.asarray(indices) if not isinstance(indices, (list, tuple)) else None
-    if rows is not None and (rows.ndim not in (1, 2) or rows.dtype.kind not in "iu"):
-      raise errors.BatchShapeError(
-          f"indices must be integers [N'] (shared batches) or [M, N'] (per"
-          f" member), got {rows.dtype} {rows.shape}."
-      )
-    if rows is not None and rows.size == 0:
-      raise errors.EmptySplitError(
-          f"batches of {name}: no examples to iterate (indices"
-          f" {rows.shape}). Fix: check the split, fold or filter."
-      )
-  if len(source) == 0:
-    raise errors.EmptySplitError(
-        f"batches of {name}: no examples to iterate. Fix: check the split, fold or filter."
-    )
+  # batch_size, indices and empty splits are checked by the pipeline.
   seed = 0 if key is None else _random.key_bits(key).ravel().tolist()
   aug_key = None
   if augment is not None:

@@ -22,7 +22,6 @@ lazily: only the examples of the batch being built are read.
 """
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any, Callable, NamedTuple
 
@@ -131,9 +130,16 @@ class _BatchAt:
     self.n = len(source) if rows is None else rows.shape[1]
     self.augment, self.augment_key, self.check = augment, augment_key, check
     self._lock = threading.Lock()
+    self._cached = (None, None)  # (epoch, its orders): batches come epoch by epoch
 
-  @functools.lru_cache(maxsize=2)
   def _orders(self, epoch: int):
+    """This epoch's order (and valid mask for member rows), computed once per epoch."""
+    with self._lock:
+      if self._cached[0] != epoch:
+        self._cached = (epoch, self._make_orders(epoch))
+      return self._cached[1]
+
+  def _make_orders(self, epoch: int):
     if self.rows is None:
       order = epoch_order(self.seed, epoch, self.n) if self.shuffle else np.arange(self.n)
       return order, None
@@ -150,8 +156,7 @@ class _BatchAt:
     i = int(i)
     epoch, b = divmod(i, self.steps_per_epoch)
     epoch += self.start_epoch
-    with self._lock:
-      order, valid = self._orders(epoch)
+    order, valid = self._orders(epoch)
     position = np.arange(b * self.batch_size, (b + 1) * self.batch_size)
     mask = position < self.n
     if self.rows is None:
