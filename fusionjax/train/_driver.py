@@ -25,7 +25,6 @@ from fusionjax.ensemble import Ensemble
 from fusionjax.fusion import Fusion
 from fusionjax.train import _sharding
 from fusionjax.train._checkpoint import Checkpointer, check_writable, tree_bytes
-from fusionjax.train import _losses
 from fusionjax.train._losses import cross_entropy, gaussian_params
 from fusionjax.train._trainer import TrainState, make_predictor, make_trainer
 
@@ -115,11 +114,9 @@ def evaluate(predict: Callable, state: TrainState, x, y, batch_size: int = 1000,
   fused = jnp.concatenate(fused, axis=0)
   y = jnp.asarray(y)
   res = {k: float(v) for k, v in metrics.summary(fused, y).items()}
-  member_lp = jax.nn.log_softmax(member, -1)
-  res["member_accuracy"] = [float(a) for a in metrics.accuracy(member_lp, y)]
-  res["member_nll"] = [float(a) for a in metrics.nll(member_lp, y)]
-  res["member_brier"] = [float(metrics.brier(member_lp[m], y)) for m in range(len(member_lp))]
-  res["member_ece"] = [float(metrics.ece(member_lp[m], y)) for m in range(len(member_lp))]
+  # One compiled call gives every member's four numbers ([M] each).
+  for k, v in metrics.summary(member, y).items():
+    res[f"member_{k}"] = [float(a) for a in v]
   return res
 
 
@@ -433,8 +430,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Any, *,
         f"fit: {what} needs params per member, but this {shared} ensemble's members share "
         "one network's weights. Fix: early_stopping='ensemble' and one optimizer for the "
         "network, or an ensemble of independent members (fj.ensemble.from_linen).")
-  task = "regression" if loss is not None and loss is not cross_entropy and \
-      loss is not _losses.cross_entropy else "classification"
+  task = "regression" if loss is not None and loss is not cross_entropy else "classification"
   source = _pipeline.as_source(train)
   n = len(source)
   if n == 0:
@@ -678,7 +674,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Any, *,
               "epoch_sums": dict(epoch_sum)}
       if stopper is not None:
         meta["early_stopping"] = stopper.to_json()
-      ckpt.save(step_no, state, {"next_index": consumed}, meta, extra=best_members)
+      ckpt.save(step_no, state, data_it, meta, extra=best_members)
       saved["step"] = step_no
 
   status = "done"
@@ -747,7 +743,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Any, *,
                 state.params["members"], best_members)
           elif early_stopping == "ensemble" and improved[0]:
             if best_ckpt is not None:
-              best_ckpt.save(step_no, state, {"next_index": consumed},
+              best_ckpt.save(step_no, state, data_it,
                              {"metrics": {monitor: record[monitor]}},
                              metrics={monitor: record[monitor]})
             else:
