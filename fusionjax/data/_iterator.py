@@ -163,7 +163,7 @@ def batches(
       for batch in it:
         yield put(batch)
     finally:
-      it.close()  # stops grain's prefetch thread when the loop breaks early
+      _pipeline.close(it)  # stops grain's prefetch thread when the loop breaks early
 
   return epoch_batches()
 

@@ -250,6 +250,19 @@ def pipeline(source: Any, batch_size: int, *, seed: Any = 0, num_epochs: int = 1
   return Pipeline(ds, steps, total, None if rows is None else rows.shape[0])
 
 
+def close(iterator) -> None:
+  """Closes a pipeline iterator and waits for its prefetch thread to finish.
+
+  grain's ``close()`` shuts its thread pool down without waiting (a batch being
+  built finishes afterwards); waiting here means no thread outlives the loop
+  that broke off, and nothing reads the source after ``close`` returns.
+  """
+  iterator.close()
+  executor = getattr(iterator, "_executor", None)  # grain's ThreadPoolExecutor, if any
+  if executor is not None:
+    executor.shutdown(wait=True)
+
+
 class _Subset:
   """``source`` restricted to ``indices`` (positions into it)."""
 

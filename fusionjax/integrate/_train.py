@@ -16,6 +16,7 @@ import optax
 
 from fusionjax import errors
 from fusionjax.data import pipeline
+from fusionjax.data._pipeline import close as pipeline_close
 from fusionjax.ensemble import Ensemble, from_linen
 from fusionjax.train import TrainState, make_step
 
@@ -179,7 +180,7 @@ def run_steps(step: Callable, state: TrainState, x: np.ndarray, targets: np.ndar
       if callback is not None:
         callback(t, state)
   finally:
-    batches.close()
+    pipeline_close(batches)
   return state, np.asarray(jax.device_get(losses), np.float32).reshape(num_steps)
 
 

@@ -765,7 +765,7 @@ def fit(ensemble: Ensemble, tx: optax.GradientTransformation, train: Any, *,
       bar.close()
     for s, h in old_handlers.items():
       signal.signal(s, h)
-    data_it.close()
+    _pipeline.close(data_it)
     if ckpt is not None:
       ckpt.close()
   best = stopper.summary() if stopper is not None else None
