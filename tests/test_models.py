@@ -1,4 +1,4 @@
-"""The reference networks: the reshape max-pool against flax's, and shapes."""
+"""The reference networks: max-pool and convolution against flax's and lax's, and shapes."""
 import chex
 import flax.linen as nn
 import jax
@@ -29,12 +29,80 @@ def test_max_pool_matches_flax_values_and_gradient(shape, window):
   chex.assert_trees_all_close(g_ours, g_ref, rtol=0, atol=0)
 
 
-def test_max_pool_tie_gradient_is_a_subgradient():
+@pytest.mark.parametrize("shape,window", [((2, 6, 6, 3), 2), ((2, 7, 5, 2), 3), ((3, 9, 2), 2)])
+def test_max_pool_ties_give_flax_gradient(shape, window):
+  """With ties everywhere (values from {0, 1}, zeros after a ReLU), the first
+  maximum in window order takes the gradient, as flax's select_and_scatter."""
+  x = jax.random.bernoulli(jax.random.key(3), 0.3, shape).astype(jnp.float32)
+  d = len(shape) - 2
+  ref = lambda v: nn.max_pool(v, (window,) * d, strides=(window,) * d)
+  ct = jax.random.normal(jax.random.key(4), ref(x).shape)
+  chex.assert_trees_all_equal(models.max_pool(x, window), ref(x))
+  g_ref = jax.grad(lambda v: jnp.sum(ref(v) * ct))(x)
+  g_ours = jax.grad(lambda v: jnp.sum(models.max_pool(v, window) * ct))(x)
+  chex.assert_trees_all_equal(g_ours, g_ref)
+
+
+def test_max_pool_tie_gradient_goes_to_the_first_maximum():
   x = jnp.zeros((1, 2, 2, 1)).at[0, 0, 1, 0].set(1.0).at[0, 1, 0, 0].set(1.0)
   g = jax.grad(lambda v: models.max_pool(v, 2).sum())(x)
-  # The two tied maxima share the gradient; the total is that of the max.
-  np.testing.assert_allclose(np.asarray(g).sum(), 1.0)
-  assert float(g[0, 0, 0, 0]) == 0.0 and float(g[0, 1, 1, 0]) == 0.0
+  np.testing.assert_array_equal(np.asarray(g)[0, ..., 0], [[0.0, 1.0], [0.0, 0.0]])
+
+
+def test_max_pool_propagates_nan_and_rejects_a_rank_without_channels():
+  x = jnp.ones((1, 2, 2, 1)).at[0, 1, 1, 0].set(jnp.nan)
+  assert np.isnan(np.asarray(models.max_pool(x, 2))).all()
+  with pytest.raises(errors.InputRankError, match=r"max_pool takes .*\(28, 28\).*x\[None"):
+    models.max_pool(jnp.ones((28, 28)), 2)
+
+
+_CONV_CASES = [
+    ((4, 12, 10, 1), (5, 5, 1, 6), "SAME"), ((4, 12, 10, 1), (3, 5, 1, 2), "VALID"),
+    ((4, 12, 10, 1), (3, 3, 1, 4), ((2, 0), (1, 3))), ((3, 20, 1), (5, 1, 4), "SAME"),
+    ((2, 6, 7, 5, 1), (3, 3, 3, 1, 2), "SAME"),
+]
+
+
+@pytest.mark.parametrize("lhs_shape,rhs_shape,padding", _CONV_CASES)
+def test_conv_general_dilated_equals_lax(lhs_shape, rhs_shape, padding):
+  """The one-channel fast path: XLA's convolution's values and gradients."""
+  n = len(lhs_shape) - 2
+  spec = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
+          3: ("NDHWC", "DHWIO", "NDHWC")}[n]
+  lhs = jax.random.normal(jax.random.key(0), lhs_shape)
+  rhs = jax.random.normal(jax.random.key(1), rhs_shape)
+  dn = jax.lax.conv_dimension_numbers(lhs_shape, rhs_shape, spec)
+  ref = lambda a, b: jax.lax.conv_general_dilated(a, b, (1,) * n, padding, dimension_numbers=dn)
+  ours = lambda a, b: models.conv_general_dilated(a, b, (1,) * n, padding, dimension_numbers=dn)
+  out = jax.jit(ours)(lhs, rhs)
+  chex.assert_trees_all_close(out, ref(lhs, rhs), rtol=1e-5, atol=1e-5)
+  ct = jax.random.normal(jax.random.key(2), out.shape)
+  grads = lambda f: jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b) * ct), (0, 1)))(lhs, rhs)
+  chex.assert_trees_all_close(grads(ours), grads(ref), rtol=1e-5, atol=1e-4)
+  # Under vmap over kernels (the stacked ensemble: one input, M kernels).
+  rhs3 = jax.random.normal(jax.random.key(3), (3,) + rhs_shape)
+  chex.assert_trees_all_close(jax.vmap(lambda b: ours(lhs, b))(rhs3),
+                              jax.vmap(lambda b: ref(lhs, b))(rhs3), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_general_dilated_fast_path_only_on_cpu_and_one_channel():
+  """Other platforms, several input channels, strides: XLA's convolution itself."""
+  lhs, rhs = jnp.ones((2, 8, 8, 1)), jnp.ones((5, 5, 1, 4))
+  dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  f = lambda a, b, s=(1, 1): models.conv_general_dilated(a, b, s, "SAME", dimension_numbers=dn)
+  text = lambda fn, *a, p="cpu": jax.jit(fn).trace(*a).lower(lowering_platforms=(p,)).as_text()
+  assert "convolution" not in text(f, lhs, rhs)
+  assert "convolution" in text(f, lhs, rhs, p="cuda")
+  assert "dot_general" not in text(f, lhs, rhs, p="cuda")
+  strided = lambda a, b: f(a, b, (2, 2))
+  assert "convolution" in text(strided, lhs, rhs)
+  chex.assert_trees_all_equal(
+      strided(lhs, rhs),
+      jax.lax.conv_general_dilated(lhs, rhs, (2, 2), "SAME", dimension_numbers=dn))
+  three = jnp.ones((2, 8, 8, 3))
+  dn3 = jax.lax.conv_dimension_numbers(three.shape, (5, 5, 3, 4), ("NHWC", "HWIO", "NHWC"))
+  g = lambda a, b: models.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dn3)
+  assert "convolution" in text(g, three, jnp.ones((5, 5, 3, 4)))
 
 
 @pytest.mark.slow
