@@ -22,6 +22,7 @@ the frozen flags, per-member batches) and ``shared`` what every member reads
   slow grouped ones and whose backward convolutions inside a ``while`` body
   stay in a slow generic form).
 """
+import concurrent.futures
 from typing import Callable
 
 import jax
@@ -147,7 +148,12 @@ class HostLoop:
   and the carried arrays into one set of buffers per member; each member's
   call runs the program of a plain single-member step on its own buffers (not
   donated: written in place, the guard's selects are dearer, ``python
-  benchmarks/donation.py``); a finish call stacks them back. With ``donate``,
+  benchmarks/donation.py``); a finish call stacks them back. With ``workers``
+  > 1 the member calls are made from that many host threads, so XLA:CPU runs
+  several members' programs side by side (a LeNet-size member's operations
+  are too small to keep every core busy one at a time); each member reads and
+  writes only its own buffers, so the result is the sequential loop's, bit for
+  bit. With ``donate``,
   the caller's buffers are deleted once split, as donation would. The start
   and finish calls cost ~2 % of a step at M = 16 and 64 (LeNet-size members,
   2 CPU cores).
@@ -160,7 +166,8 @@ class HostLoop:
       is returned as it is.
   """
 
-  def __init__(self, compute, update, size: int, prepare: Callable):
+  def __init__(self, compute, update, size: int, prepare: Callable, workers: int = 1):
+    self.workers = workers
     split = lambda tree: [jax.tree.map(lambda a, m=m: a[m:m + 1], tree) for m in range(size)]
 
     def start(carried, args):
@@ -179,12 +186,29 @@ class HostLoop:
     extra, pieces, rests = self.start(carried, args)
     if donate:
       _release(carried, pieces)
-    outs = []
-    for m, rest in enumerate(rests):
-      outs.append(self.part(pieces[m], rest, shared))
+
+    def member(m):
+      out = self.part(pieces[m], rests[m], shared)
       pieces[m] = None  # the member's old buffers are freed as the loop goes
+      return jax.block_until_ready(out)
+
+    if self.workers > 1 and len(rests) > 1:
+      outs = list(_pool(self.workers).map(member, range(len(rests))))
+    else:
+      outs = [self.part(pieces[m], rests[m], shared) for m in range(len(rests))]
     new, aux = self.finish(outs)
     return extra, new, aux
+
+
+_POOLS = {}
+
+
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+  """One shared pool of host threads per size (daemon-like: idle threads cost nothing)."""
+  if workers not in _POOLS:
+    _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
+        workers, thread_name_prefix="fusionjax-loop")
+  return _POOLS[workers]
 
 
 def _release(tree, keep):

@@ -43,6 +43,8 @@ except ImportError:  # jax.core's public names are being retired
   from jax._src.core import Tracer as _Tracer  # pylint: disable=g-import-not-at-top
 
 REGIMES = ("independent", "frozen", "joint", "hybrid")
+# Host threads of the 'loop' layout (see auto_layout's CPU convolution rule).
+LOOP_WORKERS = 2
 LAYOUTS = ("vmap", "scan", "loop")
 NATIVE = "native"  # the layout of shared-weight ensembles (Ensemble.shared)
 _PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
@@ -627,7 +629,7 @@ def make_trainer(ensemble: Ensemble, tx: optax.GradientTransformation, *,
       key, sub = jax.random.split(key)
       return (key, step + 1), (jax.random.split(sub, size), frozen, data)
 
-    host = _layouts.HostLoop(compute, update, size, prepare)
+    host = _layouts.HostLoop(compute, update, size, prepare, workers=LOOP_WORKERS)
 
     def step(state, batch):
       x, y, mask = begin(state, batch)

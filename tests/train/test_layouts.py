@@ -1,4 +1,5 @@
 """Every layout of the member step ('scan', 'loop') equals the vmapped one; 'auto' picks by rule."""
+import threading
 import warnings
 
 import chex
@@ -466,3 +467,30 @@ def test_predictor_layout():
     fj.train.make_predictor(ens, layout="loop")
   with pytest.raises(errors.LayoutError, match="single-member function"):
     fj.train.make_predictor(grp, layout="scan")
+
+
+def test_loop_layout_runs_members_on_host_threads_with_the_sequential_result(monkeypatch):
+  """The host loop dispatches members from ``LOOP_WORKERS`` threads (XLA:CPU runs
+  two members' programs side by side); the result is the sequential loop's, bit
+  for bit, since every member's program reads and writes only its own buffers."""
+  from fusionjax.train import _trainer as trainer_module  # pylint: disable=g-import-not-at-top
+  ens = fj.ensemble.from_linen(ConvBNDrop(), 5)
+  _, batch = _conv_batch(5, False)
+  runs, threads = {}, set()
+  original = _layouts.HostLoop.__call__
+
+  def spy(self, *args, **kwargs):
+    out = original(self, *args, **kwargs)
+    threads.update(t.name for t in threading.enumerate() if t.name.startswith("fusionjax-loop"))
+    return out
+
+  monkeypatch.setattr(_layouts.HostLoop, "__call__", spy)
+  for workers in (1, 2):
+    monkeypatch.setattr(trainer_module, "LOOP_WORKERS", workers)
+    trainer = _trainer(ens, optax.adam(1e-2), "loop")
+    state = trainer.init(jax.random.key(0), batch["x"][:1])
+    for _ in range(3):
+      state, logs = trainer.step(state, batch)
+    runs[workers] = jax.tree.map(np.asarray, (state.params, state.opt_state, logs))
+  chex.assert_trees_all_equal(runs[1], runs[2])
+  assert threads, "the loop ran no member on a host thread"
