@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,23 @@ def cpu_flags() -> list:
 
 def has_avx512() -> bool:
   return "avx512f" in cpu_flags()
+
+
+def cpu_kind(m: dict) -> str:
+  """A result's CPU kind in words: the model name and whether it has AVX-512
+  (XLA:CPU's kernels, and so its speed and numerics, differ between them)."""
+  if m.get("cpu_flags") is None:
+    return f"{m['cpu']} (CPU flags not recorded)"
+  return f"{m['cpu']}, {'with' if m.get('avx512') else 'without'} AVX-512"
+
+
+def kind_slug(m: dict) -> str:
+  """``cpu_kind`` as a file-name suffix: lower-case words joined by dashes."""
+  words = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b", " ", m["cpu"].lower())
+  words = re.sub(r"[^a-z0-9]+", "-", words).strip("-")
+  if m.get("cpu_flags") is None:
+    return words
+  return f"{words}-{'avx512' if m.get('avx512') else 'no-avx512'}"
 
 
 def _version(name: str) -> Optional[str]:

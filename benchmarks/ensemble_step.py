@@ -23,6 +23,12 @@ For each model and ensemble size M, in one process and interleaved (ABAB...):
 * ``gemm``: one 2048^3 float32 matmul through JAX, the machine's GEMM peak under
   the load of the same cycle.
 
+The result is written to ``results/<out>@<CPU kind>.json`` (e.g.
+``ensemble_step@intel-xeon-avx512.json``): XLA:CPU's speed differs between CPU
+kinds, so ``report.py`` keeps a table per kind. At M = 1 it also checks that
+the default step compiles to the guarded single-member program's dots and
+convolutions (``m1_same_program``).
+
 Batch 128, Adam(1e-3), synthetic inputs of the model's shape (data loading is
 benchmarked in ``data_loader.py``). Throughput is member-samples/s = M * 128 /
 step time (median over cycles); ratios are medians of per-cycle ratios.
@@ -96,6 +102,8 @@ def _jax_loop(module, tx, m, x, y, guard: bool):
     jax.block_until_ready(last)
 
   loop()
+  loop.single_step = single_step
+  loop.first_args = (params[0], opts[0], x, y)
   return loop
 
 
@@ -134,6 +142,17 @@ def jax_variants(model, m, x, y):
 
   out["jax_loop"] = _jax_loop(module, tx, m, x, y, guard=False)
   out["jax_loop_guarded"] = _jax_loop(module, tx, m, x, y, guard=True)
+  if m == 1:
+    # At M = 1 the default step should be the guarded single-member program:
+    # the same dots and convolutions (fusionjax.train._layouts.program_ops).
+    trainer = fj.train.make_trainer(ens, tx, x_example=x[:1])
+    state = trainer.init(jax.random.key(0), x[:1])
+    ours = trainer.step.lower(state, batch).compile().as_text()
+    loop = out["jax_loop_guarded"]
+    theirs = loop.single_step.lower(*loop.first_args).compile().as_text()
+    ops = fj.train._layouts.program_ops  # pylint: disable=protected-access
+    info["m1_same_program"] = ops(ours) == ops(theirs)
+    info["m1_ops"] = len(ops(ours))
   return out, info
 
 
@@ -250,6 +269,7 @@ def bench(model, m, cycles, torch, target_s):
          "gemm_peak_gflops": C.med(peak), "cycles": cycles,
          "first_step_s": info["fj_first_step_s"],
          "fj_vmap_first_step_s": info.get("fj_vmap_first_step_s"),
+         "m1_same_program": info.get("m1_same_program"), "m1_ops": info.get("m1_ops"),
          "flops_per_step": fl}
   for k, v in step_t.items():
     row[f"{k}_ms"] = 1e3 * C.med(v)
@@ -315,7 +335,8 @@ def main(argv=None):
   p.add_argument("--target-s", type=float, default=0.2,
                  help="seconds per variant per cycle")
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--out", default="ensemble_step")
+  p.add_argument("--out", default="ensemble_step",
+                 help="result name; the file is results/<out>@<CPU kind>.json")
   args = p.parse_args(argv)
   torch = None if args.no_torch else C.torch_or_none()
   mach = C.machine()
@@ -335,10 +356,11 @@ def main(argv=None):
       rows.append(r)
       print(C.table([r], COLUMNS).splitlines()[-1] if rows[:-1] else C.table([r], COLUMNS),
             flush=True)
-  result = {"rows": rows, "machine": mach, "cycles": args.cycles, "peaks": peaks}
+  result = {"rows": rows, "machine": mach, "cycles": args.cycles, "peaks": peaks,
+            "cpu_kind": C.cpu_kind(mach)}
   print()
   print(render(result))
-  C.write(args.out, result)
+  C.write(f"{args.out}@{C.kind_slug(mach)}", result)
 
 
 if __name__ == "__main__":

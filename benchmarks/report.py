@@ -7,6 +7,7 @@ script that measured it; the targets of the speed issue are checked against the
 same numbers.
 """
 import datetime
+import glob
 import json
 import os
 import sys
@@ -28,6 +29,8 @@ SECTIONS = [
     ("pipeline_feed", "The grain data pipeline feeding fit's step (issue 20)"),
 ]
 SCRIPT = {"ensemble_step_cnn": "ensemble_step"}  # result name -> the script that wrote it
+# Results kept per CPU kind (results/<name>@<kind>.json), a table per kind.
+PER_KIND = ("ensemble_step", "ensemble_step_cnn")
 MNIST_PARAMS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
 
 
@@ -37,6 +40,19 @@ def load(name):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def load_kinds(name):
+  """Every ``results/<name>@<CPU kind>.json``, newest first."""
+  out = []
+  for path in glob.glob(os.path.join(C.RESULTS, f"{glob.escape(name)}@*.json")):
+    with open(path) as f:
+      out.append(json.load(f))
+  return sorted(out, key=lambda r: r.get("finished", ""), reverse=True)
+
+
+def kind_of(r):
+  return C.cpu_kind(r["machine"])
 
 
 def machine_line(r):
@@ -76,8 +92,49 @@ def at_least_one(rows, key, label):
           (f"; below 1.0: {', '.join(below)}" if below else ""))
 
 
-def targets(res):
+def _ratio_rows(rows, models, members, key):
+  return [r for r in rows if r["model"] in models and r["members"] in members and key in r]
+
+
+def speed_targets(step):
+  """The CPU-speed issue's targets, on one CPU kind's ensemble_step result."""
+  kind, rows, out = f"{kind_of(step)} ({step.get('finished', '?')[:10]})", step["rows"], []
+  status = lambda ok: f"{verdict(ok)} on {kind}"
+  fmt = lambda r, key: f"{r['model']} M={r['members']} {r[key]['median']:.2f}x"
+
+  def every(label, sel, key, bar, strict=False):
+    if not sel:
+      return
+    ok = all((r[key]["median"] > bar) if strict else (r[key]["median"] >= bar) for r in sel)
+    out.append((label, status(ok), ", ".join(fmt(r, key) for r in sel)))
+
+  every("CNN members, M in {16, 64}: default step >= 1.0x the PyTorch loop",
+        _ratio_rows(rows, ("cnn",), (16, 64), "fj_vs_torch_loop"), "fj_vs_torch_loop", 1.0)
+  every("CNN members, M in {16, 64}: default step faster than torch.func",
+        _ratio_rows(rows, ("cnn",), (16, 64), "fj_vs_torch_func"), "fj_vs_torch_func", 1.0,
+        strict=True)
+  dense = ("digits_mlp", "mnist_mlp")
+  every("Dense members, M in {4, 16, 64}: default (guarded) step >= 1.0x the plain JAX loop",
+        _ratio_rows(rows, dense, (4, 16, 64), "fj_vs_jax_loop"), "fj_vs_jax_loop", 1.0)
+  every("Dense members, M in {4, 16, 64}: default (guarded) step >= 1.0x the guarded JAX loop",
+        _ratio_rows(rows, dense, (4, 16, 64), "fj_vs_jax_loop_guarded"),
+        "fj_vs_jax_loop_guarded", 1.0)
+  every("MNIST MLP M=16: default step >= 1.5x torch.func",
+        _ratio_rows(rows, ("mnist_mlp",), (16,), "fj_vs_torch_func"), "fj_vs_torch_func", 1.5)
+  ones = [r for r in rows if r["members"] == 1 and r.get("m1_same_program") is not None]
+  if ones:
+    out.append(("M=1: the default step's optimised program has the guarded single-member "
+                "program's dots and convolutions",
+                status(all(r["m1_same_program"] for r in ones)),
+                ", ".join(f"{r['model']}: {'same' if r['m1_same_program'] else 'different'} "
+                          f"({r['m1_ops']} ops)" for r in ones)))
+  return out
+
+
+def targets(res, kinds=()):
   out = []
+  for step in kinds:
+    out += speed_targets(step)
   ab = res.get("engine_ab")
   if ab:
     worst = min(ab["rows"], key=lambda r: r["new_vs_old"]["median"])
@@ -93,6 +150,8 @@ def targets(res):
   cm = res.get("compile_memory")
   if step:
     rows = step["rows"]
+    out.append(("(the earlier targets below: ensemble_step measured on " + kind_of(step) + ")",
+                "", ""))
     out.append(at_least_one(rows, "fj_vs_jax_loop",
                             "Training: stacked >= 1.0x the JAX loop at every M, all models"))
     same_semantics = [("fj_vs_jax_loop_guarded", "the default (guarded) step against a loop "
@@ -203,6 +262,9 @@ def roofline(step):
 
 def main():
   res = {name: load(name) for name, _ in SECTIONS}
+  kinds = {name: load_kinds(name) for name in PER_KIND}
+  for name in PER_KIND:
+    res[name] = kinds[name][0] if kinds[name] else None
   lines = [
       "# Benchmark results",
       "",
@@ -215,7 +277,7 @@ def main():
       "GPU: not measured (no GPU in this session).",
       "",
   ]
-  tg = targets(res)
+  tg = targets(res, kinds["ensemble_step"])
   if tg:
     lines += ["## Targets", "", "| target | status | measured |", "|:---|:---|:---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in tg]
@@ -223,13 +285,16 @@ def main():
   if res.get("ensemble_step"):
     lines += [roofline(res["ensemble_step"])]
   for name, title in SECTIONS:
-    r = res.get(name)
+    found = kinds[name] if name in PER_KIND else [res.get(name)]
     lines += [f"## {title}", ""]
-    if r is None:
+    if not any(found):
       lines += ["Not run (no result file).", ""]
       continue
     module = __import__(SCRIPT.get(name, name))
-    lines += [module.render(r), "", "Machine: " + machine_line(r), ""]
+    for r in found:
+      if name in PER_KIND:
+        lines += [f"### {kind_of(r)}", ""]
+      lines += [module.render(r), "", "Machine: " + machine_line(r), ""]
   with open(os.path.join(C.HERE, "RESULTS.md"), "w") as f:
     f.write("\n".join(lines))
   print("wrote benchmarks/RESULTS.md")

@@ -23,6 +23,7 @@ the frozen flags, per-member batches) and ``shared`` what every member reads
   stay in a slow generic form).
 """
 import concurrent.futures
+import re
 from typing import Callable
 
 import jax
@@ -51,6 +52,30 @@ def auto_chunk(size: int, params_members, opt_slots: int = 3) -> int:
   per_member *= 1 + opt_slots
   chunk = max(1, min(size, _AUTO_BUDGET_BYTES // max(per_member, 1)))
   return 1 << (int(chunk).bit_length() - 1)  # a power of two: chunks that divide M
+
+
+def program_ops(hlo: str):
+  """The dots and convolutions of an optimised XLA program (``compile().as_text()``).
+
+  Sorted ``(op, result shape, attributes)``, operand names left out; the
+  non-finite guard's per-leaf GEMVs (dots at HIGHEST precision with a one-row
+  or vector result) are left out too, since a stacked step's verdict is
+  ``[1, n]`` where a single-member program's is ``[n]``. Two programs that
+  run the same model computation give the same list (``tests/train/
+  test_layouts.py``, ``benchmarks/ensemble_step.py`` at M = 1).
+  """
+  ops = []
+  for line in hlo.splitlines():
+    m = re.search(r"= (\S+) (dot|convolution)\((.*)", line)
+    if not m:
+      continue
+    attrs = re.sub(r"%\S+", "", re.sub(r", metadata=.*", "", m.group(3)))
+    shape = m.group(1).split("{")[0]
+    dims = shape[shape.index("[") + 1:-1].split(",")
+    if "operand_precision={highest,highest}" in attrs and (len(dims) == 1 or dims[0] == "1"):
+      continue
+    ops.append((m.group(2), shape, attrs))
+  return sorted(ops)
 
 
 def _primitives(jaxpr, found=None):

@@ -494,3 +494,33 @@ def test_loop_layout_runs_members_on_host_threads_with_the_sequential_result(mon
     runs[workers] = jax.tree.map(np.asarray, (state.params, state.opt_state, logs))
   chex.assert_trees_all_equal(runs[1], runs[2])
   assert threads, "the loop ran no member on a host thread"
+
+
+@pytest.mark.parametrize("module", [models.MLP(10, (32, 32)), models.CNN(10, (4, 8), 16)],
+                         ids=["mlp", "cnn"])
+def test_one_member_compiles_to_the_single_member_program(module):
+  """At M = 1 the default step is the plain single-member program (guarded as
+  the trainer guards): the same dots and convolutions, no loop over members;
+  around it only the step's bookkeeping (the key split, the step count)."""
+  x, y = jnp.ones((16, 28, 28, 1)), jnp.zeros((16,), jnp.int32)
+  ens = fj.ensemble.from_linen(module, 1)
+  trainer = fj.train.make_trainer(ens, optax.adam(1e-3), x_example=x[:1])
+  state = trainer.init(jax.random.key(0), x[:1])
+  ours = trainer.step.lower(state, {"x": x, "y": y}).compile().as_text()
+
+  tx = fj.train.skip_nonfinite(optax.adam(1e-3))
+  params = module.init(jax.random.key(0), x[:1])["params"]
+
+  def single(p, o, x, y):
+    loss = lambda q: optax.softmax_cross_entropy_with_integer_labels(
+        module.apply({"params": q}, x), y).mean()
+    l, g = jax.value_and_grad(loss)(p)
+    u, o = tx.update(g, o, p)
+    ok = o.ok & jnp.isfinite(l)
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), optax.apply_updates(p, u), p), o, l
+
+  theirs = jax.jit(single).lower(params, tx.init(params), x, y).compile().as_text()
+  assert _layouts.program_ops(ours) == _layouts.program_ops(theirs)
+  assert _layouts.program_ops(ours)  # the model's dots (and convolutions) are there
+  member_loops = [l for l in ours.splitlines() if " while(" in l and "threefry" not in l]
+  assert not member_loops, member_loops
