@@ -20,6 +20,7 @@ SECTIONS = [
     ("engine_ab", "The training engine before and after make_trainer (issue 17)"),
     ("ensemble_step", "Training throughput: stacked step vs loops and PyTorch peers"),
     ("ensemble_step_cnn", "Training throughput: the CNN again, more cycles, no PyTorch peers"),
+    ("loop_workers", "Host threads of the 'loop' layout (how `LOOP_WORKERS` was chosen)"),
     ("inference", "Inference: fused prediction throughput"),
     ("cascade", "Executing cascade vs the full ensemble"),
     ("compile_memory", "Compile time, memory, start-up"),

@@ -35,6 +35,8 @@ def main(argv=None):
       ("ensemble_step_cnn", "ensemble_step",
        ["--models", "cnn", "--no-torch", "--out", "ensemble_step_cnn"] + members +
        (cycles or ["--cycles", "17"])),
+      # Host threads of the 'loop' layout (LOOP_WORKERS).
+      ("loop_workers", "loop_workers", (["--members", "16"] if args.quick else []) + cycles),
       ("inference", "inference", members + cycles),
       ("cascade", "cascade",
        (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
