@@ -141,17 +141,26 @@ def auto_layout(platform: str, *, conv: Optional[bool], size: int, mesh: bool = 
       members do better with ``'scan'`` there, jax issues 26568 and 13800, is
       for ``benchmarks/gpu.sh`` to measure);
     * CPU, convolutional members: ``'loop'`` for two or more members of one
-      kind (``benchmarks/RESULTS.md``, ensemble_step, CNN rows, measured on an
-      AMD EPYC without AVX-512: at M=4 the loop ran 16x the vmapped step, whose
-      convolutions are grouped ones, and at M=16 and 64 the vmapped step was too
-      slow to time; the loop ran at 0.97-1.03x a plain JAX loop in the 15-cycle
-      CNN repeat), ``'scan'`` for one (the plain single-member program: 1.00x
-      vmap at M=1), and ``'vmap'`` within groups, where ``'loop'`` cannot run
-      (not measured: groups ran vmapped before this layout existed);
-    * CPU, dense members or unknown: ``'scan'`` with cache-sized chunks
-      (``RESULTS.md``, ensemble_step, MLP rows, "vs fj_vmap": 1.14x and 1.86x
-      for the digits MLP at M=16 and 64, 2.54x and 3.53x for the MNIST MLP;
-      0.96-1.16x at M <= 4). Dense groups of a groups ensemble take it too.
+      kind, from ``LOOP_WORKERS`` host threads (``benchmarks/RESULTS.md``,
+      ensemble_step, CNN rows, 2-core Intel Xeon with AVX-512, 2026-12-07,
+      ``python benchmarks/ensemble_step.py --models digits_mlp mnist_mlp cnn
+      --members 1 4 16 64 --cycles 7``: the loop ran 1.22x / 1.20x / 1.27x a
+      plain JAX loop at M = 4 / 16 / 64 and 1.03x / 1.07x the PyTorch loop at
+      M = 16 / 64, while the vmapped step, whose convolutions are grouped ones,
+      ran at 1/4.2 of it at M = 4 and was too slow to time at 16 and 64; the
+      earlier AMD EPYC rows there agree on the vmapped step), ``'scan'`` for one
+      (the plain single-member program: the same dots and convolutions,
+      checked at M = 1 by the benchmark and ``tests/train/test_layouts.py``;
+      1.08x the plain loop), and ``'vmap'`` within groups, where ``'loop'``
+      cannot run (not measured: groups ran vmapped before this layout existed);
+    * CPU, dense members or unknown: ``'scan'`` with cache-sized chunks (same
+      run, MLP rows, "vs fj_vmap": 0.87x / 0.92x / 1.60x for the digits MLP at
+      M = 4 / 16 / 64, 1.12x / 1.94x / 2.00x for the MNIST MLP; against the
+      plain loop 1.04x-1.28x for the digits MLP and 0.90x / 0.95x / 1.08x for
+      the MNIST MLP, whose per-member state slices cost ~10 % at M <= 16; the
+      vmapped step won for the small digits MLP at M = 4 and 16 but lost 2x
+      for the MNIST MLP, and no rule on member size was measured across CPU
+      kinds, so ``'scan'`` stays). Dense groups of a groups ensemble take it too.
   """
   if shared:
     return NATIVE
