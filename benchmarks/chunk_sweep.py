@@ -9,7 +9,8 @@ for every ``k`` (``k = M`` is one vmap over all members, inputs broadcast;
 shipped default) and the loop of single-member jitted steps, and reports step
 times, the ratio to the loop, and XLA's temporary buffer size (a temporary
 buffer over ~32 MB is mmap-ed, and page-faulted, on every call). It is the
-measurement behind ``fusionjax.train._layouts.auto_chunk``.
+measurement behind ``fusionjax.train._layouts.auto_chunk``. Results are kept per
+CPU kind (``results/chunk_sweep@<kind>.json``).
 """
 import argparse
 import os
@@ -98,7 +99,8 @@ def main(argv=None):
       r = sweep(model, m, args.chunks, args.cycles, args.target_s)
       rows += r
       print(C.table(r, COLUMNS), f"\n({time.perf_counter() - t:.0f} s)\n", flush=True)
-  C.write(args.out, {"rows": rows, "machine": mach})
+  C.write(f"{args.out}@{C.kind_slug(mach)}", {"rows": rows, "machine": mach,
+                                             "budget_bytes": _layouts._AUTO_BUDGET_BYTES})  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ SECTIONS = [
 ]
 SCRIPT = {"ensemble_step_cnn": "ensemble_step"}  # result name -> the script that wrote it
 # Results kept per CPU kind (results/<name>@<kind>.json), a table per kind.
-PER_KIND = ("ensemble_step", "ensemble_step_cnn")
+PER_KIND = ("ensemble_step", "ensemble_step_cnn", "chunk_sweep")
 MNIST_PARAMS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
 
 

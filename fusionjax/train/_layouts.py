@@ -29,13 +29,21 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# Per-chunk working-set budget for chunk='auto': params, gradients and two
-# optimizer moments of the chunk's members should fit in about this many bytes
-# (a share of the L2/L3 caches of a small CPU; benchmarks/chunk_sweep.py).
-_AUTO_BUDGET_BYTES = 4 * 2**20
+# Per-chunk working-set budget of the training step for chunk='auto': params,
+# gradients and two optimizer moments of the chunk's members. 20 MiB gives 4
+# MNIST-MLP members (4.3 MB each) and 8 digits-MLP members (1.3 MB each), the
+# fastest chunks of `python benchmarks/chunk_sweep.py --members 4 16 64 --models
+# digits_mlp mnist_mlp` on a 2-core Intel Xeon with AVX-512 once the guard's
+# verdict stopped transposing stacked leaves (8 MNIST members, 39 MB of XLA
+# temporaries, crossed the ~32 MB at which XLA:CPU maps temporaries afresh on
+# every call, and ran 0.9x the loop). It was 4 MiB (chunks of 1 and 2), chosen
+# on an AMD EPYC while that transpose still penalised every chunk above one.
+_AUTO_BUDGET_BYTES = 20 * 2**20
+# Prediction keeps the earlier budget (it has no gradients or moments; not re-measured).
+_PREDICT_BUDGET_BYTES = 4 * 2**20
 
 
-def auto_chunk(size: int, params_members, opt_slots: int = 3) -> int:
+def auto_chunk(size: int, params_members, opt_slots: int = 3, budget=None) -> int:
   """Members per chunk so that a chunk's params, grads and moments fit the cache budget.
 
   Args:
@@ -43,6 +51,7 @@ def auto_chunk(size: int, params_members, opt_slots: int = 3) -> int:
     params_members: stacked member params (arrays or ``ShapeDtypeStruct``).
     opt_slots: arrays per parameter besides the parameter itself (gradient
       and two Adam moments: 3).
+    budget: bytes per chunk (default: the training step's budget above).
 
   Returns:
     ``chunk`` in ``[1, M]``, a power of two.
@@ -50,7 +59,8 @@ def auto_chunk(size: int, params_members, opt_slots: int = 3) -> int:
   leaves = jax.tree_util.tree_leaves(params_members)
   per_member = sum(l.size // l.shape[0] * jnp.dtype(l.dtype).itemsize for l in leaves)
   per_member *= 1 + opt_slots
-  chunk = max(1, min(size, _AUTO_BUDGET_BYTES // max(per_member, 1)))
+  budget = _AUTO_BUDGET_BYTES if budget is None else budget
+  chunk = max(1, min(size, budget // max(per_member, 1)))
   return 1 << (int(chunk).bit_length() - 1)  # a power of two: chunks that divide M
 
 
@@ -58,9 +68,9 @@ def program_ops(hlo: str):
   """The dots and convolutions of an optimised XLA program (``compile().as_text()``).
 
   Sorted ``(op, result shape, attributes)``, operand names left out; the
-  non-finite guard's per-leaf GEMVs (dots at HIGHEST precision with a one-row
-  or vector result) are left out too, since a stacked step's verdict is
-  ``[1, n]`` where a single-member program's is ``[n]``. Two programs that
+  non-finite guard's per-leaf GEMVs (dots at HIGHEST precision with a vector
+  result or a unit dimension) are left out too, since a stacked step's verdict
+  is ``[rows, 1]`` where a single-member program's is ``[rows]``. Two programs that
   run the same model computation give the same list (``tests/train/
   test_layouts.py``, ``benchmarks/ensemble_step.py`` at M = 1).
   """
@@ -72,7 +82,7 @@ def program_ops(hlo: str):
     attrs = re.sub(r"%\S+", "", re.sub(r", metadata=.*", "", m.group(3)))
     shape = m.group(1).split("{")[0]
     dims = shape[shape.index("[") + 1:-1].split(",")
-    if "operand_precision={highest,highest}" in attrs and (len(dims) == 1 or dims[0] == "1"):
+    if "operand_precision={highest,highest}" in attrs and (len(dims) == 1 or "1" in dims):
       continue
     ops.append((m.group(2), shape, attrs))
   return sorted(ops)

@@ -731,7 +731,8 @@ def make_predictor(ensemble: Ensemble, fusion: Optional[Fusion] = None, *,
     elif _uses_conv(ensemble, x):
       c = 1  # a vmapped convolution is a grouped one, slower than one by one
     else:
-      c = _layouts.auto_chunk(size, state.params["members"], opt_slots=0)
+      c = _layouts.auto_chunk(size, state.params["members"], opt_slots=0,
+                              budget=_layouts._PREDICT_BUDGET_BYTES)  # pylint: disable=protected-access
     compute = lambda carried, rest, xx: ensemble.member_apply(
         {"params": rest[0], "state": rest[1]}, xx, None, False)[0]
     update = lambda carried, out, looping: ((), out)

@@ -1,9 +1,12 @@
 """The guard's finiteness verdict (one GEMV per leaf) equals ``all(isfinite(a))``."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fusionjax.train import _guard
 from fusionjax.train._guard import all_finite as _all_finite, all_finite_pair as _all_finite_pair, leaf_all_finite
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -66,3 +69,15 @@ def test_pair_is_both_trees_finite():
     assert not bool(_all_finite_pair(tree_g, tree_u))
     assert bool(_all_finite_pair(tree_g, tree_u)) == bool(
         _all_finite(tree_g) & _all_finite(tree_u))
+
+
+def test_the_verdict_of_stacked_members_reads_each_leaf_as_it_lies():
+  """Under vmap over members the GEMV contracts the minor axis of the stacked
+  leaf as it lies in memory: no full-size transposed copy (contracting the rows
+  made XLA copy every leaf, ~17 % of an MNIST-MLP step at M = 4)."""
+  a = jnp.ones((4, 96, 32))
+  hlo = jax.jit(jax.vmap(_guard.leaf_all_finite)).lower(a).compile().as_text()
+  full = [l for l in hlo.splitlines()
+          if re.search(r"= f32\[(4,96,32|384,32|4,3072|12288|32,384|96,128)\]", l)]
+  assert full and all(" parameter(" in l or " bitcast(" in l for l in full), full
+  assert not bool(jax.vmap(_guard.leaf_all_finite)(a.at[2, 5, 7].set(jnp.nan))[2])
