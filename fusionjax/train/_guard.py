@@ -19,7 +19,7 @@ _FINITE_WEIGHT = {jnp.dtype(jnp.float32): 2.0 ** -100, jnp.dtype(jnp.float64): 2
 def leaf_all_finite(a: jax.Array) -> jax.Array:
   """Whether every element of ``a`` is finite (no NaN, no +-Inf), as a bool scalar.
 
-  Computed as ``isfinite(sum(w @ a))`` with a tiny constant weight ``w``
+  Computed as ``isfinite(sum(a @ w))`` with a tiny constant weight ``w``
   rather than ``all(isfinite(a))``: a NaN or an Inf anywhere makes the GEMV's
   sum NaN or Inf, and no finite value can overflow it (``w = 2**-100`` for
   float32), so the verdict is the same, but XLA:CPU runs boolean reductions
@@ -40,7 +40,8 @@ def leaf_all_finite(a: jax.Array) -> jax.Array:
   # The product contracts the minor (last) axis: under vmap over stacked
   # members XLA then runs one GEMV over [M * rows, cols] as the array lies,
   # where contracting the rows made it transpose every leaf first (a full copy
-  # of each, ~17 % of an MNIST-MLP step at M = 4, benchmarks/ensemble_step.py).
+  # of each: 0.91 ms of copies per step in a jax.profiler trace of a 4-member
+  # chunk of MNIST-MLP members, 2-core Intel Xeon with AVX-512).
   w = jnp.full((rows.shape[1],), _FINITE_WEIGHT[a.dtype], a.dtype)
   # HIGHEST: no bf16/tf32 rounding of the inputs (which could round the
   # largest finite float32 values up to Inf) whatever the default precision.
