@@ -304,6 +304,18 @@ def _update_one(tx, guard, looping, p, s, o, grads, new_s, loss, frozen):
   if guard:
     finite = jnp.isfinite(loss) & all_finite_pair(grads, updates)
     keep = finite & ~frozen
+    if not looping:
+      # The update again, on gradients zeroed where the verdict is to keep:
+      # the same values where they are written, but its only consumer is the
+      # select, so XLA computes params and moments in one pass that writes each
+      # once, instead of materialising the new moments for the verdict's GEMV
+      # and selecting them in a second pass (one chunk: 1.12x for 4 MNIST-MLP
+      # members, 1.10x for 4 digits-MLP members, 1.06x at M = 1, interleaved
+      # A/B, 2-core Intel Xeon with AVX-512). Inside a scan (``looping``) XLA
+      # then copies the full-size moments every chunk (0.56x), so not there.
+      zeroed = jax.tree.map(lambda g: jnp.where(keep, g, jnp.zeros_like(g)), grads)
+      again, new_o = tx.update(zeroed, o, p)
+      new_p = optax.apply_updates(p, again)
     return _where(keep, new_p, p), _where(keep, new_s, s), _where(keep, new_o, o), finite
   finite = jnp.isfinite(loss) & all_finite(grads)
   if looping:
