@@ -151,6 +151,13 @@ def run_chunk(compute, update, carried, rest, shared, start, n: int, looping: bo
   return jax.tree.map(put, carried, new), new_aux
 
 
+# Scans of at most this many chunks are unrolled (static offsets; 1.04x for the
+# MNIST MLP at M = 16 in 4 chunks of 4, interleaved A/B, 2-core Intel Xeon with
+# AVX-512). Longer ones stay loops: unrolling 16 chunks (M = 64) took the first
+# step from 1.2 to 2.9 s for 1.05x.
+_UNROLL_CHUNKS = 4
+
+
 def over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
   """The ``'scan'`` layout: every member's step, chunk by chunk in a ``scan``, in place.
 
@@ -171,7 +178,8 @@ def over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
     full = lambda start, ca: run_chunk(compute, update, ca, rest, wide, start, n, looping,
                                        broadcast=n > 1)
     # A scan stacks each chunk's aux as its output, so the chunk is traced once.
-    carried, aux = jax.lax.scan(lambda ca, i: full(i * n, ca), carried, jnp.arange(n_full))
+    carried, aux = jax.lax.scan(lambda ca, i: full(i * n, ca), carried, jnp.arange(n_full),
+                                unroll=n_full <= _UNROLL_CHUNKS)
     aux = jax.tree.map(lambda a: a.reshape((n_full * n,) + a.shape[2:]), aux)
   if size % n:
     carried, tail = run(n_full * n, size % n, carried)
