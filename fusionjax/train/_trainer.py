@@ -144,21 +144,21 @@ def auto_layout(platform: str, *, conv: Optional[bool], size: int, mesh: bool = 
       kind, from ``LOOP_WORKERS`` host threads (``benchmarks/RESULTS.md``,
       ensemble_step, CNN rows, 2-core Intel Xeon with AVX-512, 2026-12-07,
       ``python benchmarks/ensemble_step.py --models digits_mlp mnist_mlp cnn
-      --members 1 4 16 64 --cycles 7``: the loop ran 1.22x / 1.22x / 1.31x a
-      plain JAX loop at M = 4 / 16 / 64 and 1.07x / 1.11x the PyTorch loop at
+      --members 1 4 16 64 --cycles 7``: the loop ran 1.13x / 1.22x / 1.28x a
+      plain JAX loop at M = 4 / 16 / 64 and 1.03x / 1.09x the PyTorch loop at
       M = 16 / 64, while the vmapped step, whose convolutions are grouped ones,
       ran at 1/4.1 of it at M = 4 and was too slow to time at 16 and 64; the
       earlier AMD EPYC rows there agree on the vmapped step), ``'scan'`` for one
       (the plain single-member program: the same dots and convolutions,
       checked at M = 1 by the benchmark and ``tests/train/test_layouts.py``;
-      1.07x the plain loop), and ``'vmap'`` within groups, where ``'loop'``
+      1.08x the plain loop), and ``'vmap'`` within groups, where ``'loop'``
       cannot run (not measured: groups ran vmapped before this layout existed);
     * CPU, dense members or unknown: ``'scan'`` with chunks of
       :func:`~fusionjax.train._layouts.auto_chunk` members (same run, MLP rows:
-      against the plain loop 1.24x / 1.26x / 1.35x for the digits MLP in
-      chunks of 4 / 8 / 8 at M = 4 / 16 / 64 and 1.03x / 0.99x / 1.08x for the
-      MNIST MLP in chunks of 4; against the vmapped step ("vs fj_vmap") 1.03x /
-      0.99x / 1.60x and 1.20x / 1.61x / 1.68x: ``'vmap'`` is level for the
+      against the plain loop 1.20x / 1.34x / 1.54x for the digits MLP in
+      chunks of 4 / 8 / 8 at M = 4 / 16 / 64 and 1.02x / 1.04x / 1.10x for the
+      MNIST MLP in chunks of 4; against the vmapped step ("vs fj_vmap") 1.04x /
+      0.99x / 1.66x and 1.19x / 1.69x / 1.68x: ``'vmap'`` is level for the
       small digits MLP at M <= 16 and slower for the MNIST MLP).
       Dense groups of a groups ensemble take it too.
   """
