@@ -242,12 +242,14 @@ class HostLoop:
     def member(m):
       out = self.part(pieces[m], rests[m], shared)
       pieces[m] = None  # the member's old buffers are freed as the loop goes
-      return jax.block_until_ready(out)
+      return out
 
     if self.workers > 1 and len(rests) > 1:
-      outs = list(_pool(self.workers).map(member, range(len(rests))))
+      # Each thread waits for its member, so the threads run members side by side.
+      outs = list(_pool(self.workers).map(lambda m: jax.block_until_ready(member(m)),
+                                          range(len(rests))))
     else:
-      outs = [self.part(pieces[m], rests[m], shared) for m in range(len(rests))]
+      outs = [member(m) for m in range(len(rests))]
     new, aux = self.finish(outs)
     return extra, new, aux
 
@@ -256,7 +258,7 @@ _POOLS = {}
 
 
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-  """One shared pool of host threads per size (daemon-like: idle threads cost nothing)."""
+  """One shared pool of host threads per size, made on first use and kept."""
   if workers not in _POOLS:
     _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
         workers, thread_name_prefix="fusionjax-loop")

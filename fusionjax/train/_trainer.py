@@ -43,9 +43,10 @@ except ImportError:  # jax.core's public names are being retired
   from jax._src.core import Tracer as _Tracer  # pylint: disable=g-import-not-at-top
 
 REGIMES = ("independent", "frozen", "joint", "hybrid")
-# Host threads of the 'loop' layout (auto_layout's CPU convolution rule; on 2
-# cores: 1 thread 11.60, 2: 10.22, 3: 9.79, 4: 9.81 ms per
-# CNN member at M = 16).
+# Host threads of the 'loop' layout (auto_layout's CPU convolution rule).
+# `python benchmarks/loop_workers.py --members 16 64 --cycles 5`, 2-core Intel
+# Xeon with AVX-512: 11.17 / 9.96 / 9.61 / 9.57 ms per CNN member at M = 16 with
+# 1 / 2 / 3 / 4 threads, 11.20 / 9.73 / 9.35 / 9.39 at M = 64.
 LOOP_WORKERS = 3
 LAYOUTS = ("vmap", "scan", "loop")
 NATIVE = "native"  # the layout of shared-weight ensembles (Ensemble.shared)
@@ -309,8 +310,8 @@ def _update_one(tx, guard, looping, p, s, o, grads, new_s, loss, frozen):
       # the same values where they are written (to float rounding, as XLA
       # fuses it differently: the main job's member ECE moved from 0.0209 to
       # 0.0208), but its only consumer is the select, so XLA computes params
-      # and moments in one pass that writes each
-      # once, instead of materialising the new moments for the verdict's GEMV
+      # and moments in one pass that writes each once, instead of
+      # materialising the new moments for the verdict's GEMV
       # and selecting them in a second pass (one chunk: 1.12x for 4 MNIST-MLP
       # members, 1.10x for 4 digits-MLP members, 1.06x at M = 1, interleaved
       # A/B, 2-core Intel Xeon with AVX-512). Inside a scan (``looping``) XLA
