@@ -26,12 +26,16 @@ SECTIONS = [
     ("compile_memory", "Compile time, memory, start-up"),
     ("donation", "Donating a single-member step's state, with and without the guard"),
     ("chunk_sweep", "Members per chunk (how `member_chunk='auto'` was chosen)"),
+    ("guard_cost", "The non-finite guard's cost and the ceiling of the torch.func target "
+     "(MNIST MLP, M=16)"),
+    ("guard_cost_no_mmap", "The same, glibc's mmap of large allocations disabled"),
     ("scale", "Scale: a thousand members over 8 simulated devices (issue 24)"),
     ("pipeline_feed", "The grain data pipeline feeding fit's step (issue 20)"),
 ]
-SCRIPT = {"ensemble_step_cnn": "ensemble_step"}  # result name -> the script that wrote it
+SCRIPT = {"ensemble_step_cnn": "ensemble_step", "guard_cost_no_mmap": "guard_cost"}  # result name -> the script that wrote it
 # Results kept per CPU kind (results/<name>@<kind>.json), a table per kind.
-PER_KIND = ("ensemble_step", "ensemble_step_cnn", "chunk_sweep")
+PER_KIND = ("ensemble_step", "ensemble_step_cnn", "chunk_sweep", "guard_cost",
+            "guard_cost_no_mmap")
 MNIST_PARAMS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
 
 
@@ -132,10 +136,31 @@ def speed_targets(step):
   return out
 
 
-def targets(res, kinds=()):
+def guard_ceiling(gc):
+  """The torch.func target's ceiling on one CPU kind (guard_cost.py), as a Targets row."""
+  rows = {r["variant"]: r for r in gc["rows"] if r["model"] == "mnist_mlp" and
+          r["members"] == 16}
+  best, default = rows.get("one_program_no_guard"), rows.get("default")
+  if not best or not best.get("vs_torch_func") or not default:
+    return None
+  return ("(ceiling of the MNIST torch.func row, `guard_cost.py`) the fastest dense program, "
+          "unguarded, "
+          "vs torch.func", f"context on {kind_of(gc)} ({gc.get('finished', '?')[:10]})",
+          f"unguarded one program {best['vs_torch_func']['median']:.2f}x "
+          f"({best['ms']:.2f} ms), guarded default {default['vs_torch_func']['median']:.2f}x "
+          f"({default['ms']:.2f} ms); 1.5x needs <= "
+          f"{rows['torch_func']['ms'] / 1.5:.2f} ms")
+
+
+def targets(res, kinds=(), ceilings=()):
   out = []
   for step in kinds:
     out += speed_targets(step)
+    for gc in ceilings:
+      if kind_of(gc) == kind_of(step) and not (gc.get("malloc_env") or {}):
+        row_ = guard_ceiling(gc)
+        if row_:
+          out.append(row_)
   ab = res.get("engine_ab")
   if ab:
     worst = min(ab["rows"], key=lambda r: r["new_vs_old"]["median"])
@@ -278,7 +303,7 @@ def main():
       "GPU: not measured (no GPU in this session).",
       "",
   ]
-  tg = targets(res, kinds["ensemble_step"])
+  tg = targets(res, kinds["ensemble_step"], kinds["guard_cost"])
   if tg:
     lines += ["## Targets", "", "| target | status | measured |", "|:---|:---|:---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in tg]

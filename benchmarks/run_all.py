@@ -42,6 +42,8 @@ def main(argv=None):
        (["--members", "4", "--epochs", "1"] if args.quick else []) + cycles),
       ("compile_memory", "compile_memory", ["--members", "1", "16"] if args.quick else []),
       ("donation", "donation", cycles),
+      # What the non-finite guard costs the dense step: the torch.func target's ceiling.
+      ("guard_cost", "guard_cost", cycles),
       # The new default step against a frozen copy of the one before make_trainer.
       ("engine_ab", "engine_ab", members + (["--cycles", "3"] if args.quick else [])),
   ]
