@@ -44,6 +44,8 @@ def main(argv=None):
       ("donation", "donation", cycles),
       # What the non-finite guard costs the dense step: the torch.func target's ceiling.
       ("guard_cost", "guard_cost", cycles),
+      # XLA:CPU's compile options against the default dense step.
+      ("xla_cpu_options", "xla_cpu_options", cycles),
       # The new default step against a frozen copy of the one before make_trainer.
       ("engine_ab", "engine_ab", members + (["--cycles", "3"] if args.quick else [])),
   ]

@@ -44,3 +44,15 @@ def test_the_ceiling_row_quotes_the_same_run():
   # Without torch.func in the run there is no ceiling to quote.
   gc["rows"] = [dict(r, vs_torch_func=None) for r in gc["rows"][:2]]
   assert report.guard_ceiling(gc) is None
+
+
+@pytest.mark.slow
+def test_xla_cpu_options_times_what_compiles_and_names_what_does_not(monkeypatch):
+  import xla_cpu_options as X  # noqa: E402  pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(X.OPTIONS, "bogus", {"xla_cpu_no_such_option": True})
+  rows = X.bench("digits_mlp", 2, cycles=1, names=["default", "prefer_vector_width=512", "bogus"])
+  by = {r["name"]: r for r in rows}
+  assert by["default"]["vs_default"]["median"] == 1.0
+  assert by["prefer_vector_width=512"]["ms"] > 0
+  assert "ms" not in by["bogus"] and "xla_cpu_no_such_option" in by["bogus"]["error"]
+  assert "| digits_mlp | 2 | bogus |" in X.render({"rows": rows})
