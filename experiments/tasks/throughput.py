@@ -1,10 +1,12 @@
 """Figure 6: training throughput (member-samples/s) against M, stacked step vs a loop.
 
 The numbers are the benchmark's (``benchmarks/ensemble_step.py``, owned by the
-benchmarks): when ``benchmarks/results/ensemble_step.json`` exists its rows are
-copied with their machine and command (normalised to ``model, members,
-stacked_member_samples_per_s, loop_member_samples_per_s``). Otherwise (and in
-smoke mode) a minimal version of the same measurement runs here: fusionjax's
+benchmarks). It keeps one result per CPU kind,
+``benchmarks/results/ensemble_step@<kind>.json``; the newest of them (by the
+time it finished; the legacy ``ensemble_step.json`` counts too) is copied, its
+rows of the configured models with its machine and command (normalised to
+``model, members, stacked_member_samples_per_s, loop_member_samples_per_s``).
+Otherwise (and in smoke mode) a minimal version of the same measurement runs here: fusionjax's
 stacked step (``fj.train.make_trainer``) against a Python loop over M jitted
 single-member flax + optax steps, batch ``batch``, synthetic inputs, median over
 ``repeats`` timings of ``steps`` steps each.
@@ -23,21 +25,37 @@ import fusionjax as fj
 from experiments.tasks import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "benchmarks" / "results" / "ensemble_step.json"
+RESULTS = ROOT / "benchmarks" / "results"
 ALIASES = {"stacked_member_samples_per_s": ("stacked_member_samples_per_s", "fj_msps"),
            "loop_member_samples_per_s": ("loop_member_samples_per_s", "jax_loop_msps")}
 MODELS = {"digits_mlp": ((8, 8, 1), dict(name="mlp", features=[256, 256])),
           "mnist_mlp": ((28, 28, 1), dict(name="mlp", features=[256, 256]))}
 
 
-def normalise(rows):
+def benchmark_file(results=None):
+  """The newest ``ensemble_step@<kind>.json`` (or legacy ``ensemble_step.json``), or None."""
+  results = pathlib.Path(results) if results is not None else RESULTS
+  found = sorted(results.glob("ensemble_step@*.json"))
+  if (results / "ensemble_step.json").exists():
+    found.append(results / "ensemble_step.json")
+  if not found:
+    return None
+
+  def finished(path):
+    with open(path) as f:
+      return json.load(f).get("finished", "")
+
+  return max(found, key=finished)
+
+
+def normalise(rows, source):
   out = []
   for r in rows:
     row = dict(r)
     for key, names in ALIASES.items():
       val = next((r[n] for n in names if n in r), None)
       if val is None:
-        raise KeyError(f"{SOURCE}: a row lacks any of {names}: {sorted(r)}")
+        raise KeyError(f"{source}: a row lacks any of {names}: {sorted(r)}")
       row[key] = val
     out.append(row)
   return out
@@ -98,16 +116,24 @@ def measure(model: str, m: int, batch: int, repeats: int, steps: int) -> dict:
 
 def run(cfg, data_dir, timer):
   del data_dir
-  if SOURCE.exists() and not cfg.get("measure", False):
-    with open(SOURCE) as f:
+  source = benchmark_file()
+  if source is not None and not cfg.get("measure", False):
+    with open(source) as f:
       bench = json.load(f)
     rows = bench["rows"] if isinstance(bench, dict) else bench
-    return {"source": str(SOURCE.relative_to(ROOT)), "command": bench.get("command"),
-            "machine": bench.get("machine"), "rows": normalise(rows)}
+    rows = [r for r in rows if r["model"] in cfg["models"]]
+    if not rows:
+      raise ValueError(f"{source}: no rows of the models {list(cfg['models'])}; fix: run "
+                       "python benchmarks/ensemble_step.py --models "
+                       f"{' '.join(cfg['models'])}, or --config.measure=True")
+    return {"source": str(source.relative_to(ROOT)), "command": bench.get("command"),
+            "machine": bench.get("machine"), "rows": normalise(rows, source)}
   rows = []
   with timer("measure"):
     for model in cfg["models"]:
       for m in cfg["members"]:
         rows.append(measure(model, m, cfg["batch"], cfg["repeats"], cfg["steps"]))
-  return {"source": "experiments/tasks/throughput.py (benchmarks/results/ensemble_step.json "
-                    "was missing)", "command": None, "machine": common.machine(), "rows": rows}
+  why = "measured here" if cfg.get("measure", False) else (
+      "no benchmarks/results/ensemble_step@<kind>.json")
+  return {"source": f"experiments/tasks/throughput.py ({why})", "command": None,
+          "machine": common.machine(), "rows": rows}

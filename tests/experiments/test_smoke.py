@@ -248,3 +248,36 @@ def test_cnn_anchor_verdict_compares_at_printed_precision():
   assert cnn_anchor_verdict(99.396, 0.0164, 0.004) == (
       "the ensemble meets its accuracy, its NLL and its ECE")
   assert cnn_anchor_verdict(99.5, 0.015, 0.0056).endswith("the ECE is 0.001 higher")
+
+
+def test_throughput_copies_the_newest_benchmark_result_of_its_models(tmp_path, monkeypatch):
+  """Fig. 6 copies the benchmark's newest per-CPU-kind file (the figure went stale when the
+  benchmark started writing ``ensemble_step@<kind>.json``: the task looked for the old name
+  and measured a smaller grid itself instead)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  from experiments.tasks import throughput  # pylint: disable=g-import-not-at-top
+  results = tmp_path / "benchmarks" / "results"
+  results.mkdir(parents=True)
+  assert throughput.benchmark_file(results) is None
+
+  def row(model, m, fj, loop):
+    return {"model": model, "members": m, "fj_msps": fj, "jax_loop_msps": loop}
+
+  for kind, finished, scale in (("old-cpu", "2026-11-22T10:00:00", 1.0),
+                                ("new-cpu", "2026-12-07T06:34:42", 2.0)):
+    (results / f"ensemble_step@{kind}.json").write_text(json.dumps({
+        "finished": finished, "command": f"python benchmarks/ensemble_step.py # {kind}",
+        "machine": {"cpu": kind}, "rows": [row("mnist_mlp", 16, 90e3 * scale, 80e3 * scale),
+                                           row("cnn", 16, 11e3 * scale, 9e3 * scale)]}))
+  assert throughput.benchmark_file(results).name == "ensemble_step@new-cpu.json"
+  monkeypatch.setattr(throughput, "ROOT", tmp_path)
+  monkeypatch.setattr(throughput, "RESULTS", results)
+  cfg = {"models": ("digits_mlp", "mnist_mlp"), "measure": False}
+  got = throughput.run(cfg, None, lambda name: contextlib.nullcontext())
+  assert got["source"] == "benchmarks/results/ensemble_step@new-cpu.json"
+  assert got["machine"] == {"cpu": "new-cpu"}
+  assert [(r["model"], r["stacked_member_samples_per_s"], r["loop_member_samples_per_s"])
+          for r in got["rows"]] == [("mnist_mlp", 180e3, 160e3)]
+  with pytest.raises(ValueError, match="no rows of the models"):
+    throughput.run({"models": ("digits_mlp",), "measure": False}, None,
+                   lambda name: contextlib.nullcontext())
