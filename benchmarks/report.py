@@ -30,13 +30,14 @@ SECTIONS = [
      "(MNIST MLP, M=16)"),
     ("guard_cost_no_mmap", "The same, glibc's mmap of large allocations disabled"),
     ("xla_cpu_options", "XLA:CPU compile options against the default dense step"),
+    ("step_ab", "The dense step's issue-22 changes, each undone, against the shipped step"),
     ("scale", "Scale: a thousand members over 8 simulated devices (issue 24)"),
     ("pipeline_feed", "The grain data pipeline feeding fit's step (issue 20)"),
 ]
 SCRIPT = {"ensemble_step_cnn": "ensemble_step", "guard_cost_no_mmap": "guard_cost"}  # result name -> the script that wrote it
 # Results kept per CPU kind (results/<name>@<kind>.json), a table per kind.
 PER_KIND = ("ensemble_step", "ensemble_step_cnn", "chunk_sweep", "guard_cost",
-            "guard_cost_no_mmap", "xla_cpu_options")
+            "guard_cost_no_mmap", "xla_cpu_options", "step_ab")
 MNIST_PARAMS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
 
 

@@ -44,6 +44,8 @@ def main(argv=None):
       ("donation", "donation", cycles),
       # What the non-finite guard costs the dense step: the torch.func target's ceiling.
       ("guard_cost", "guard_cost", cycles),
+      # Each issue-22 change of the dense step undone, against the step as shipped.
+      ("step_ab", "step_ab", cycles),
       # XLA:CPU's compile options against the default dense step.
       ("xla_cpu_options", "xla_cpu_options", cycles),
       # The new default step against a frozen copy of the one before make_trainer.

@@ -151,10 +151,12 @@ def run_chunk(compute, update, carried, rest, shared, start, n: int, looping: bo
   return jax.tree.map(put, carried, new), new_aux
 
 
-# Scans of at most this many chunks are unrolled (static offsets; 1.04x for the
-# MNIST MLP at M = 16 in 4 chunks of 4, interleaved A/B, 2-core Intel Xeon with
-# AVX-512). Longer ones stay loops: unrolling 16 chunks (M = 64) took the first
-# step from 1.2 to 2.9 s for 1.05x.
+# Scans of at most this many chunks are unrolled (static offsets): a loop
+# instead ran 1.028x slower for the MNIST MLP at M = 16 (4 chunks of 4) and
+# 1.045x for the digits MLP at M = 16 (2 chunks of 8), `python
+# benchmarks/step_ab.py --cycles 15`, 2-core Intel Xeon with AVX-512. Longer
+# ones stay loops: unrolling 16 chunks (M = 64) took the first step from 1.2 to
+# 2.9 s for 1.05x.
 _UNROLL_CHUNKS = 4
 
 
@@ -171,9 +173,11 @@ def over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
   if n_full == 1:
     carried, aux = run(0, n, carried)
   else:
-    # The shared batch is broadcast to [n, ...] once, here: inside the scan XLA
-    # broadcast it again every chunk (1.05x for the MNIST MLP at M = 16 in
-    # chunks of 4, interleaved A/B, 2-core Intel Xeon with AVX-512).
+    # The shared batch is broadcast to [n, ...] once, here, rather than inside
+    # every chunk. `python benchmarks/step_ab.py --cycles 15` (2-core Intel
+    # Xeon with AVX-512) measures no difference (0.995x-1.006x: an unrolled
+    # scan's broadcasts are merged anyway); the 1.05x seen for the MNIST MLP
+    # at M = 16 when it was introduced, before the unroll, did not reproduce.
     wide = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), shared) if n > 1 else shared
     full = lambda start, ca: run_chunk(compute, update, ca, rest, wide, start, n, looping,
                                        broadcast=n > 1)

@@ -312,10 +312,13 @@ def _update_one(tx, guard, looping, p, s, o, grads, new_s, loss, frozen):
       # 0.0208), but its only consumer is the select, so XLA computes params
       # and moments in one pass that writes each once, instead of
       # materialising the new moments for the verdict's GEMV
-      # and selecting them in a second pass (one chunk: 1.12x for 4 MNIST-MLP
-      # members, 1.10x for 4 digits-MLP members, 1.06x at M = 1, interleaved
-      # A/B, 2-core Intel Xeon with AVX-512). Inside a scan (``looping``) XLA
-      # then copies the full-size moments every chunk (0.56x), so not there.
+      # and selecting them in a second pass. It measured 1.12x for 4 MNIST-MLP
+      # members when it was introduced; `python benchmarks/step_ab.py --cycles
+      # 15` now measures 0.99x / 1.01x / 1.02x for the MNIST MLP at M = 1 and 4
+      # and the digits MLP at M = 4 (2-core Intel Xeon with AVX-512), i.e. no
+      # gain; removing it would move the trainer's numbers at float-rounding
+      # level. Inside a scan (``looping``) XLA copies the full-size moments
+      # every chunk with it (0.56x), so not there.
       zeroed = jax.tree.map(lambda g: jnp.where(keep, g, jnp.zeros_like(g)), grads)
       again, new_o = tx.update(zeroed, o, p)
       new_p = optax.apply_updates(p, again)
