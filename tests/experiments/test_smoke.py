@@ -281,3 +281,20 @@ def test_throughput_copies_the_newest_benchmark_result_of_its_models(tmp_path, m
   with pytest.raises(ValueError, match="no rows of the models"):
     throughput.run({"models": ("digits_mlp",), "measure": False}, None,
                    lambda name: contextlib.nullcontext())
+
+
+def test_provenance_says_unknown_outside_a_checkout(tmp_path):
+  """A result written from an unpacked copy (no git checkout at the root) records commit
+  ``unknown`` and no dirty state, rather than the commit of some enclosing repository."""
+  code = (
+      "import importlib.util, json, pathlib, sys\n"
+      "spec = importlib.util.spec_from_file_location('run_under_test', 'experiments/run.py')\n"
+      "run = importlib.util.module_from_spec(spec); spec.loader.exec_module(run)\n"
+      "inside = run.provenance()\n"
+      f"run.ROOT = pathlib.Path({str(tmp_path)!r})\n"
+      "outside = run.provenance()\n"
+      "print(json.dumps([inside['git_commit'], outside['git_commit'], outside['git_dirty'],"
+      " outside['git_changed_files']]))\n")
+  inside, outside, dirty, changed = json.loads(run_python(code).strip().splitlines()[-1])
+  assert re.fullmatch(r"[0-9a-f]{40}|unknown", inside)
+  assert (outside, dirty, changed) == ("unknown", None, [])
