@@ -1,7 +1,7 @@
 """Training throughput of the stacked ensemble step against loops and PyTorch peers.
 
     python benchmarks/ensemble_step.py [--models digits_mlp mnist_mlp cnn]
-        [--members 1 4 16 64] [--cycles 5] [--out benchmarks/results/ensemble_step.json]
+        [--members 1 4 16 64] [--cycles 5] [--out ensemble_step]
 
 For each model and ensemble size M, in one process and interleaved (ABAB...):
 

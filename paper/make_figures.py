@@ -3,8 +3,9 @@
     python paper/make_figures.py [--results experiments/results] [--out paper]
 
 Reads ``experiments/results/*.json`` (written by ``experiments/run.py --publish``)
-and nothing else; the throughput rows come from ``benchmarks/results/ensemble_step.json``
-through ``experiments/results/fig6_throughput.json``. Writes
+and nothing else; the throughput rows come from the newest
+``benchmarks/results/ensemble_step@<kind>.json`` through
+``experiments/results/fig6_throughput.json``. Writes
 ``<out>/figures/*.pdf``, ``<out>/tables/*.tex`` and ``<out>/tables/numbers.tex``
 (``\\newcommand`` macros for every number quoted in the text). A missing
 result file gives a placeholder figure / table and ``n/a`` macros, so the

@@ -4,21 +4,21 @@ Command:
     python experiments/run.py --config experiments/configs/efficient_members.py \
         --data_dir ../shared/data/mnist --publish
 
-Runtime: 13.1 min (measured: 784.3 s of wall-clock time, 1284 s of process CPU time, in one
+Runtime: 8.1 min (measured: 489.0 s of wall-clock time, 892 s of process CPU time, in one
 `run.py --all --publish` of every config on the 2-core Intel Xeon (AVX-512) machine with jax
-0.10.2 and nothing else training, 2026-12-07; an earlier run under a load average of 7-10 took
-30.0 min). Smoke mode: 17 s. The numbers below were the same in both runs.
+0.10.2 and nothing else training, 2026-12-07; the same run before the CNN model and guard
+changes of issue 22 took 784.3 s). Smoke mode: 17 s.
 
 Expected (measured in that run; test split; mean +- 95 % t-interval over seeds 0, 1, 2;
 "corrupted" is the mean over the 15 corruptions, 2,000 images each; AUROC of the predictive
 entropy, test split vs 2,000 uniform-noise images / vs the 1,797 upscaled digits):
                   accuracy        NLL            ECE            corrupted acc.  AUROC noise / digits
-    one network   98.79 +- 0.08 % 0.036 +- 0.003 0.29 +- 0.09 % 84.2 +- 1.2 %   0.997 / 0.968
-    deep ensemble 99.03 +- 0.11 % 0.030 +- 0.002 0.64 +- 0.07 % 87.1 +- 1.4 %   1.000 / 0.982
-    BatchEnsemble 98.69 +- 0.50 % 0.040 +- 0.023 0.64 +- 0.57 % 82.6 +- 3.8 %   0.991 / 0.974
-    MC-dropout    98.21 +- 0.71 % 0.107 +- 0.090 5.28 +- 6.48 % 82.4 +- 1.0 %   0.994 / 0.940
+    one network   98.78 +- 0.12 % 0.036 +- 0.003 0.27 +- 0.07 % 84.2 +- 1.1 %   0.997 / 0.969
+    deep ensemble 99.03 +- 0.08 % 0.030 +- 0.003 0.61 +- 0.02 % 87.0 +- 1.3 %   1.000 / 0.982
+    BatchEnsemble 98.70 +- 0.59 % 0.040 +- 0.023 0.67 +- 0.61 % 82.6 +- 4.0 %   0.992 / 0.974
+    MC-dropout    98.17 +- 0.74 % 0.108 +- 0.087 5.26 +- 6.24 % 82.5 +- 1.1 %   0.994 / 0.934
 Two epochs fall short of the anchors' full training: the ensemble of 5 reaches 99.03 %
-(anchor, 10 members: 99.4 %); one network 98.79 % / NLL 0.036 (anchor 99.1 % / 0.037).
+(anchor, 10 members: 99.4 %); one network 98.78 % / NLL 0.036 (anchor 99.1 % / 0.037).
 MC-dropout at rate 0.5 is under-confident here (ECE 3-8 % per seed).
 
 LeNet-size CNN members (``fusionjax.models.CNN(10, (8, 16), 64)``, as in Fig. 1), M = 5,

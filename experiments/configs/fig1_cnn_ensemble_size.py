@@ -4,17 +4,15 @@ Command:
     python experiments/run.py --config experiments/configs/fig1_cnn_ensemble_size.py \
         --data_dir ../shared/data/mnist --publish
 
-Runtime: 15.5 min (measured: 929 s of wall-clock time and 1294 s of CPU time in one
-`--publish` run on the 2-core Intel Xeon (AVX-512) machine, jax 0.10.2, after the grain data
-pipeline landed, with light load from other jobs (load average 2-8); 880.5 s in a fresh-clone
-`run.py --all` before that, 982 s in an earlier run on its own; smoke mode: a few seconds).
+Runtime: 6.6 min (measured: 393.7 s of wall-clock time and 739 s of process CPU time in one
+`run.py --all --publish` of every config on the 2-core Intel Xeon (AVX-512) machine, jax
+0.10.2, nothing else training, 2026-12-07; the same run before the CNN model and guard changes
+of issue 22 took 663.8 s; smoke mode: a few seconds).
 
-Expected (measured in the published run, test split, one seed; the ensemble of the first M
-members):
-    M=1:  accuracy 99.25 %, NLL 0.023, ECE 0.19 %  (members 99.18-99.36 %)
-    M=4:  accuracy 99.47 %, NLL 0.016, ECE 0.34 %
-    M=10: accuracy 99.50 %, NLL 0.015, ECE 0.37 %, Brier 0.0075
-(before the data pipeline changed: 99.30 %, 99.52 %, 99.54 % / 0.015 / 0.45 %.)
+Expected (measured in that run, test split, one seed; the ensemble of the first M members):
+    M=1:  accuracy 99.27 %, NLL 0.023, ECE 0.08 %  (members 99.15-99.36 %)
+    M=4:  accuracy 99.51 %, NLL 0.016, ECE 0.39 %
+    M=10: accuracy 99.48 %, NLL 0.015, ECE 0.39 %, Brier 0.0077
 
 Members: ``fusionjax.models.CNN(10, (8, 16), 64)`` (conv 5x5 8 and 16 channels,
 max-pooling, dense 64: LeNet-5's size), each on its own shuffle of the data,
@@ -23,8 +21,7 @@ every training image translated at random by up to 2 pixels per step
 4e-3 with cosine decay, 10 epochs of batch 128. Anchor (uncertainty-baselines,
 MNIST LeNet-5): one member 99.1 % / NLL 0.037; an ensemble of 10: 99.4 % /
 NLL 0.016 / ECE 0.005. Measured against it: the single member and the ensemble
-of 10 meet it on every number (one seed: the paper says so; three seeds would
-take about 45 min on the CPU machine, more than the one-hour budget leaves).
+of 10 meet it on every number (one seed: the paper says so).
 The wider CNN of ``gpu_fig1_cnn_ensemble_size`` (32 and 64 channels, 10
 epochs, 3 seeds) is the GPU version.
 """

@@ -4,20 +4,16 @@ Command:
     python experiments/run.py --config experiments/configs/fig1_ensemble_size.py \
         --data_dir ../shared/data/mnist --publish
 
-Runtime: 3.9 min alone (233 s of wall-clock time in one fresh-clone `run.py --all` on the
-2-core CPU machine, 1617.7 s for all eight configs with nothing else running, 2026-11-22);
-the published result is a re-run after the grain data pipeline landed: 416 s of wall-clock
-time and 332 s of CPU time under load (load average 6-8 from other jobs), one `--publish` run
-on the 2-core Intel Xeon (AVX-512) machine, jax 0.10.2; smoke mode (`:smoke` or `--smoke`):
-a few seconds.
+Runtime: 3.2 min (measured: 192.2 s of wall-clock time and 341 s of process CPU time in one
+`run.py --all --publish` of every config on the 2-core Intel Xeon (AVX-512) machine, jax
+0.10.2, nothing else training, 2026-12-07); smoke mode (`:smoke` or `--smoke`): a few seconds.
 
-Expected (measured in that re-run, test split, mean over the 3 seeds of the first M members,
+Expected (measured in that run, test split, mean over the 3 seeds of the first M members,
 +- std of the error over seeds; the figure's band is the min-max over the 3 seeds):
-    M=1:  error 1.74 % (+-0.03), NLL 0.059, Brier 0.0269, ECE 0.82 %
-    M=4:  error 1.55 % (+-0.01), NLL 0.049, Brier 0.0232, ECE 0.40 %
-    M=10: error 1.47 % (+-0.01), NLL 0.045, Brier 0.0220, ECE 0.33 %
-    M=16: error 1.45 % (+-0.02), NLL 0.045, Brier 0.0217, ECE 0.27 %
-(the run before the data pipeline changed gave 1.71 / 1.54 / 1.46 / 1.44 %.)
+    M=1:  error 1.72 % (+-0.02), NLL 0.060, Brier 0.0270, ECE 0.82 %
+    M=4:  error 1.52 % (+-0.02), NLL 0.049, Brier 0.0231, ECE 0.39 %
+    M=10: error 1.45 % (+-0.02), NLL 0.046, Brier 0.0219, ECE 0.34 %
+    M=16: error 1.45 % (+-0.03), NLL 0.045, Brier 0.0217, ECE 0.33 %
 Anchor (Deep Ensembles, Fig. 2a, same MLP): about 1.7 % -> 1.1 %. The single member meets
 1.7 %; the ensemble stops at 1.45 % (their members trained longer; their 1.1 % uses
 adversarial training, not run here).

@@ -9,17 +9,16 @@ as im2col (``patch_cnn`` in experiments/tasks/common.py) because a vmapped
 ``nn.Conv`` becomes a grouped convolution that XLA:CPU runs 5-15x slower per
 member; on a GPU use ``name='cnn'`` (fusionjax.models.CNN).
 
-Runtime: 9.3 min measured under load (556 s of wall-clock time and 398 s of CPU time for the
-3 seeds, one `--publish` run on the 2-core Intel Xeon (AVX-512) machine, jax 0.10.2, load
-average 7-10 from other jobs); one seed took 90 s with nothing else running; smoke mode: a few
-seconds.
+Runtime: 3.1 min (measured: 187.4 s of wall-clock time and 326 s of process CPU time for the
+3 seeds, in one `run.py --all --publish` of every config on the 2-core Intel Xeon (AVX-512)
+machine, jax 0.10.2, nothing else training, 2026-12-07); smoke mode: a few seconds.
 
 Expected (measured in that run, test split, mean +- std over 3 seeds, accuracy / NLL):
     CNN members 97.99 % on average, GRU members 93.05 %;
-    mean of CNNs 98.26 +-0.02 % / 0.057, mean of GRUs 94.76 +-0.22 % / 0.201,
-    mean of all 97.99 +-0.09 % / 0.110 (below the mean of CNNs in 3 of 3 seeds),
-    learned per-member weights 98.26 +-0.05 % / 0.058, weighted group means 98.26 +-0.02 %,
-    linear stacking (fit on validation) 98.26 +-0.01 % / 0.066.
+    mean of CNNs 98.25 +-0.02 % / 0.057, mean of GRUs 94.76 +-0.22 % / 0.201,
+    mean of all 97.99 +-0.10 % / 0.110 (below the mean of CNNs in 3 of 3 seeds),
+    learned per-member weights 98.25 +-0.05 % / 0.058, weighted group means 98.24 +-0.03 %,
+    linear stacking (fit on validation) 98.24 +-0.02 % / 0.066.
 """
 import ml_collections
 
