@@ -34,7 +34,7 @@ def get_config(arg=None):
       dataset="mnist",
       model=dict(name="cnn", features=(8, 16), hidden=64),
       max_members=10,
-      seeds=(0,),
+      seeds=(0, 1, 2),
       random_subsets=5,
       member_order="own",
       epochs=10,
