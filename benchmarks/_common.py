@@ -135,6 +135,17 @@ def write(name: str, payload: dict) -> str:
   return path
 
 
+def write_per_kind(name: str, payload: dict, mach: dict) -> str:
+  """Writes ``results/<name>@<CPU kind>.json`` (XLA:CPU's speed differs between CPU
+  kinds, so ``report.py`` keeps a table per kind), with ``cpu_kind`` in words."""
+  return write(f"{name}@{kind_slug(mach)}", {**payload, "machine": mach,
+                                            "cpu_kind": cpu_kind(mach)})
+
+
+def print_cpu(mach: dict) -> None:
+  print(f"CPU: {mach['cpu']}; vector ISA: {' '.join(mach['cpu_flags'])}", flush=True)
+
+
 # --------------------------------------------------------------------------- timing
 
 

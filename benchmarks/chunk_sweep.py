@@ -99,8 +99,7 @@ def main(argv=None):
       r = sweep(model, m, args.chunks, args.cycles, args.target_s)
       rows += r
       print(C.table(r, COLUMNS), f"\n({time.perf_counter() - t:.0f} s)\n", flush=True)
-  C.write(f"{args.out}@{C.kind_slug(mach)}", {"rows": rows, "machine": mach,
-                                             "budget_bytes": _layouts._AUTO_BUDGET_BYTES})  # pylint: disable=protected-access
+  C.write_per_kind(args.out, {"rows": rows, "budget_bytes": _layouts._AUTO_BUDGET_BYTES}, mach)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -63,6 +63,15 @@ MODELS = {
 }
 
 
+def synthetic(model: str):
+  """The benchmarks' batch for ``model``: ``x [BATCH, *shape]`` float32 from N(0, 1)
+  and ``y [BATCH]`` int32 labels in [0, 10), seed 0, as numpy arrays."""
+  shape, _ = MODELS[model]
+  rng = np.random.default_rng(0)
+  return (rng.normal(size=(BATCH, *shape)).astype(np.float32),
+          rng.integers(0, 10, BATCH).astype(np.int32))
+
+
 def flops_per_sample(model: str, train: bool = True) -> float:
   if model in C.MLP_DIMS:
     return C.mlp_flops(C.MLP_DIMS[model], train)
@@ -245,10 +254,7 @@ def torch_variants(torch, model, m, x_np, y_np, te_steps):
 
 
 def bench(model, m, cycles, torch, target_s):
-  shape, _ = MODELS[model]
-  rng = np.random.default_rng(0)
-  x_np = rng.normal(size=(BATCH, *shape)).astype(np.float32)
-  y_np = rng.integers(0, 10, BATCH).astype(np.int32)
+  x_np, y_np = synthetic(model)
   x, y = jnp.asarray(x_np), jnp.asarray(y_np)
   variants, info = jax_variants(model, m, x, y)
   steps_per_call = {k: 1 for k in variants}
@@ -340,7 +346,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   torch = None if args.no_torch else C.torch_or_none()
   mach = C.machine()
-  print(f"CPU: {mach['cpu']}; vector ISA: {' '.join(mach['cpu_flags'])}", flush=True)
+  C.print_cpu(mach)
   gemm, gemm_flops = C.gemm_runner()
   stream, stream_bytes = C.stream_runner()
   pt = C.interleave({"gemm": gemm, "stream": stream}, args.cycles, target_s=0.3)
@@ -356,11 +362,10 @@ def main(argv=None):
       rows.append(r)
       print(C.table([r], COLUMNS).splitlines()[-1] if rows[:-1] else C.table([r], COLUMNS),
             flush=True)
-  result = {"rows": rows, "machine": mach, "cycles": args.cycles, "peaks": peaks,
-            "cpu_kind": C.cpu_kind(mach)}
+  result = {"rows": rows, "cycles": args.cycles, "peaks": peaks}
   print()
   print(render(result))
-  C.write(f"{args.out}@{C.kind_slug(mach)}", result)
+  C.write_per_kind(args.out, result, mach)
 
 
 if __name__ == "__main__":

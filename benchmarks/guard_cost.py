@@ -42,7 +42,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import _common as C  # noqa: E402
@@ -107,10 +106,8 @@ def _faults(run, calls=20):
 
 
 def bench(model, m, cycles, torch):
-  shape, make = E.MODELS[model]
-  rng = np.random.default_rng(0)
-  x_np = rng.normal(size=(E.BATCH, *shape)).astype(np.float32)
-  y_np = rng.integers(0, 10, E.BATCH).astype(np.int32)
+  _, make = E.MODELS[model]
+  x_np, y_np = E.synthetic(model)
   x, y = jnp.asarray(x_np), jnp.asarray(y_np)
   ens = fj.ensemble.from_linen(make(), m)
   runs, temps, info = {}, {}, {}
@@ -170,7 +167,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   torch = C.torch_or_none()
   mach = C.machine()
-  print(f"CPU: {mach['cpu']}; vector ISA: {' '.join(mach['cpu_flags'])}", flush=True)
+  C.print_cpu(mach)
   rows, infos = [], {}
   for model in args.models:
     for m in args.members:
@@ -178,11 +175,10 @@ def main(argv=None):
       rows += r
       infos[f"{model} M={m}"] = info
       print(C.table(r, COLUMNS), flush=True)
-  result = {"rows": rows, "info": infos, "machine": mach, "cycles": args.cycles,
-            "cpu_kind": C.cpu_kind(mach), "malloc_env": malloc_env()}
+  result = {"rows": rows, "info": infos, "cycles": args.cycles, "malloc_env": malloc_env()}
   print()
   print(render(result))
-  C.write(f"{args.out}@{C.kind_slug(mach)}", result)
+  C.write_per_kind(args.out, result, mach)
 
 
 if __name__ == "__main__":

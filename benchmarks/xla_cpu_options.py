@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import _common as C  # noqa: E402
@@ -57,10 +56,8 @@ COLUMNS = [("model", "model", None), ("M", "members", None), ("options", "name",
 
 
 def bench(model, m, cycles, names=None):
-  shape, make = E.MODELS[model]
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(E.BATCH, *shape)).astype(np.float32))
-  y = jnp.asarray(rng.integers(0, 10, E.BATCH).astype(np.int32))
+  _, make = E.MODELS[model]
+  x, y = map(jnp.asarray, E.synthetic(model))
   batch = {"x": x, "y": y}
   ens = fj.ensemble.from_linen(make(), m)
   trainer = fj.train.make_trainer(ens, optax.adam(1e-3), x_example=x[:1])
@@ -106,11 +103,11 @@ def main(argv=None):
                  help="result name; the file is results/<out>@<CPU kind>.json")
   args = p.parse_args(argv)
   mach = C.machine()
-  print(f"CPU: {mach['cpu']}; vector ISA: {' '.join(mach['cpu_flags'])}", flush=True)
+  C.print_cpu(mach)
   rows = bench(args.model, args.members, args.cycles)
-  result = {"rows": rows, "machine": mach, "cycles": args.cycles, "cpu_kind": C.cpu_kind(mach)}
+  result = {"rows": rows, "cycles": args.cycles}
   print(render(result))
-  C.write(f"{args.out}@{C.kind_slug(mach)}", result)
+  C.write_per_kind(args.out, result, mach)
 
 
 if __name__ == "__main__":
