@@ -121,8 +121,7 @@ def _expand(tree):
   return jax.tree.map(lambda a: a[None], tree)
 
 
-def run_chunk(compute, update, carried, rest, shared, start, n: int, looping: bool = True,
-              broadcast: bool = False):
+def run_chunk(compute, update, carried, rest, shared, start, n: int, looping: bool = True):
   """Members ``[start, start + n)``: compute, update, and write back in place.
 
   ``compute`` runs unbatched for a chunk of one member, so XLA sees exactly the
@@ -133,9 +132,7 @@ def run_chunk(compute, update, carried, rest, shared, start, n: int, looping: bo
   gradients transposed (a copy of each, every step). ``update``'s reads of the
   old chunk are slices of the same shape as its in-place writes, which XLA
   performs without copying the chunk. ``looping`` tells ``update`` whether the
-  chunk is one of several written in place into the same buffers; with
-  ``broadcast``, ``shared`` is already broadcast to ``[n, ...]`` (once, outside
-  the caller's scan, where XLA would broadcast it again every chunk). Returns
+  chunk is one of several written in place into the same buffers. Returns
   ``(carried, aux_c)``.
   """
   cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, n)
@@ -143,8 +140,7 @@ def run_chunk(compute, update, carried, rest, shared, start, n: int, looping: bo
   if n == 1:
     out = _expand(compute(_squeeze(c), _squeeze(r), shared))
   else:
-    sh = shared if broadcast else jax.tree.map(
-        lambda a: jnp.broadcast_to(a, (n,) + a.shape), shared)
+    sh = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), shared)
     out = jax.vmap(compute)(c, r, sh)
   new, new_aux = update(c, out, looping)
   put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, 0)
@@ -152,8 +148,8 @@ def run_chunk(compute, update, carried, rest, shared, start, n: int, looping: bo
 
 
 # Scans of at most this many chunks are unrolled (static offsets): a loop
-# instead ran 1.028x slower for the MNIST MLP at M = 16 (4 chunks of 4) and
-# 1.045x for the digits MLP at M = 16 (2 chunks of 8), `python
+# instead ran 1.008x slower for the MNIST MLP at M = 16 (4 chunks of 4) and
+# 1.039x for the digits MLP at M = 16 (2 chunks of 8), `python
 # benchmarks/step_ab.py --cycles 15`, 2-core Intel Xeon with AVX-512. Longer
 # ones stay loops: unrolling 16 chunks (M = 64) took the first step from 1.2 to
 # 2.9 s for 1.05x.
@@ -173,16 +169,8 @@ def over_chunks(compute, update, carried, rest, shared, size: int, chunk: int):
   if n_full == 1:
     carried, aux = run(0, n, carried)
   else:
-    # The shared batch is broadcast to [n, ...] once, here, rather than inside
-    # every chunk. `python benchmarks/step_ab.py --cycles 15` (2-core Intel
-    # Xeon with AVX-512) measures no difference (0.995x-1.006x: an unrolled
-    # scan's broadcasts are merged anyway); the 1.05x seen for the MNIST MLP
-    # at M = 16 when it was introduced, before the unroll, did not reproduce.
-    wide = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), shared) if n > 1 else shared
-    full = lambda start, ca: run_chunk(compute, update, ca, rest, wide, start, n, looping,
-                                       broadcast=n > 1)
     # A scan stacks each chunk's aux as its output, so the chunk is traced once.
-    carried, aux = jax.lax.scan(lambda ca, i: full(i * n, ca), carried, jnp.arange(n_full),
+    carried, aux = jax.lax.scan(lambda ca, i: run(i * n, n, ca), carried, jnp.arange(n_full),
                                 unroll=n_full <= _UNROLL_CHUNKS)
     aux = jax.tree.map(lambda a: a.reshape((n_full * n,) + a.shape[2:]), aux)
   if size % n:

@@ -314,7 +314,7 @@ def _update_one(tx, guard, looping, p, s, o, grads, new_s, loss, frozen):
       # materialising the new moments for the verdict's GEMV
       # and selecting them in a second pass. It measured 1.12x for 4 MNIST-MLP
       # members when it was introduced; `python benchmarks/step_ab.py --cycles
-      # 15` now measures 0.99x / 1.01x / 1.02x for the MNIST MLP at M = 1 and 4
+      # 15` now measures 0.98x / 1.01x / 0.98x for the MNIST MLP at M = 1 and 4
       # and the digits MLP at M = 4 (2-core Intel Xeon with AVX-512), i.e. no
       # gain; removing it would move the trainer's numbers at float-rounding
       # level. Inside a scan (``looping``) XLA copies the full-size moments

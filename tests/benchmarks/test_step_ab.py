@@ -28,29 +28,29 @@ def _after_two_steps(chunk, m=4):
   return state.params, logs
 
 
-@pytest.mark.parametrize("change,chunk", [("recompute", 4), ("unroll", 2), ("hoist", 2)])
+@pytest.mark.parametrize("change,chunk", [("recompute", 4), ("unroll", 2)])
 def test_an_undone_change_trains_the_same_and_is_restored(change, chunk):
-  saved = (_trainer._update_one, _layouts._UNROLL_CHUNKS, _layouts.run_chunk)  # pylint: disable=protected-access
+  saved = (_trainer._update_one, _layouts._UNROLL_CHUNKS)  # pylint: disable=protected-access
   shipped, logs = _after_two_steps(chunk)
   with step_ab.undone(change):
-    changed = _trainer._update_one, _layouts._UNROLL_CHUNKS, _layouts.run_chunk  # pylint: disable=protected-access
+    changed = _trainer._update_one, _layouts._UNROLL_CHUNKS  # pylint: disable=protected-access
     assert changed != saved  # the context really patches something
     without, logs_without = _after_two_steps(chunk)
-  assert (_trainer._update_one, _layouts._UNROLL_CHUNKS, _layouts.run_chunk) == saved  # pylint: disable=protected-access
-  # The recompute equals the first update to float rounding; the others are the same ops.
+  assert (_trainer._update_one, _layouts._UNROLL_CHUNKS) == saved  # pylint: disable=protected-access
+  # The recompute equals the first update to float rounding; the unroll is the same ops.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                shipped, without)
   np.testing.assert_array_equal(logs["finite"], logs_without["finite"])
 
 
 def test_unknown_change_is_named():
-  with pytest.raises(ValueError, match="recompute, unroll, hoist"):
+  with pytest.raises(ValueError, match="recompute, unroll"):
     with step_ab.undone("nothing"):
       pass
 
 
 def test_changes_are_timed_only_where_they_apply():
   assert step_ab.applies("recompute", 1) and not step_ab.applies("recompute", 2)
-  assert step_ab.applies("hoist", 2) and not step_ab.applies("hoist", 1)
+  assert not step_ab.applies("unroll", 1)
   top = _layouts._UNROLL_CHUNKS  # pylint: disable=protected-access
   assert step_ab.applies("unroll", top) and not step_ab.applies("unroll", top + 1)
